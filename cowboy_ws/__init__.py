@@ -1,3 +1,24 @@
-"""cowboy_ws: Erlang Cowboy's WebSocket handler model for Python."""
+"""cowboy_ws: Erlang Cowboy's WebSocket handler model for Python.
+
+Write a handler with ``init`` / ``websocket_init`` / ``websocket_handle`` /
+``websocket_info`` / ``terminate`` exactly as with Cowboy's ``cowboy_websocket``,
+route it, and serve it::
+
+    import cowboy_ws
+    server = cowboy_ws.Server([("/ws", MyHandler, initial_state)], port=8080)
+    server.serve_forever()
+"""
 
 __version__ = "0.1.0"
+
+from .options import WebSocketOptions  # noqa: E402
+from .process import (Pid, broadcast, cancel_timer, join, leave, members, self,  # noqa: E402
+                      send_after, which_groups)
+from .req import Req  # noqa: E402
+from .router import Router  # noqa: E402
+from .server import Server, backend  # noqa: E402
+
+__all__ = [
+    "Pid", "Req", "Router", "Server", "WebSocketOptions", "backend", "broadcast", "cancel_timer",
+    "join", "leave", "members", "self", "send_after", "which_groups", "__version__",
+]

@@ -30,7 +30,7 @@ from typing import Union
 
 from .errors import FrameError, MessageTooBig, ProtocolError, UsageError
 from .limits import MAX_CONTROL_PAYLOAD
-from .mask import mask
+from .kernels import mask
 
 BytesLike = Union[bytes, bytearray, memoryview]
 

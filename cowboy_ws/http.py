@@ -1,0 +1,258 @@
+"""The HTTP/1.1 side of a connection: read the request, route it, call ``init``, upgrade or reply.
+
+Sans-IO parsing comes from :mod:`cowboy_ws.protocol.handshake`; this module owns
+the socket until the request is answered (plain HTTP) or upgraded (RFC 6455
+§4.2).  Bytes that arrive after the request head in the same read are kept and
+handed to the WebSocket connection: they may already hold frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import ssl
+from typing import Any
+
+from .options import WebSocketOptions
+from .process import _set_self
+from .protocol import handshake
+from .protocol.connection import Connection
+from .protocol.deflate import negotiate_server
+from .protocol.errors import HandshakeError
+from .req import Req, default_req_filter
+from .websocket import READ_SIZE, WebSocketProcess
+
+log = logging.getLogger(__name__)
+
+
+class HttpConnection:
+    """One accepted socket until it is upgraded or answered."""
+
+    def __init__(self, server: Any, sock: socket.socket, peer: tuple, cid: str) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.sock = sock
+        self.peer = peer
+        self.cid = cid
+        self.buf = bytearray()
+        self.out = b""
+        self.done = False
+        self.handshaking = isinstance(sock, ssl.SSLSocket)
+        self._registered = 0
+        self._timer = self.loop.call_later(server.handshake_timeout, self._on_timeout)
+
+    def __repr__(self) -> str:
+        return f"<HttpConnection {self.cid}>"
+
+    def start(self) -> None:
+        if self.handshaking:
+            self._tls_handshake()
+        else:
+            self._interest(selectors.EVENT_READ)
+
+    def _interest(self, events: int) -> None:
+        if self.done or events == self._registered:
+            return
+        if self._registered:
+            self.loop.selector.modify(self.sock, events, self._on_ready)
+        else:
+            self.loop.selector.register(self.sock, events, self._on_ready)
+        self._registered = events
+
+    def _unregister(self) -> None:
+        if self._registered:
+            try:
+                self.loop.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self._registered = 0
+
+    def _on_ready(self, _mask: int) -> None:
+        if self.handshaking:
+            self._tls_handshake()
+        elif self.out:
+            self._write()
+        else:
+            self._read()
+
+    def _tls_handshake(self) -> None:
+        try:
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._interest(selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._interest(selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            log.info("[%s] TLS handshake failed: %s", self.cid, exc)
+            self.close()
+            return
+        self.handshaking = False
+        self._interest(selectors.EVENT_READ)
+        if self.sock.pending():  # type: ignore[attr-defined]
+            self._read()
+
+    def _on_timeout(self) -> None:
+        if not self.done:
+            log.info("[%s] no complete request within %.1fs, closing", self.cid, self.server.handshake_timeout)
+            if self.handshaking or not self.buf:
+                self.close()
+            else:
+                self._respond(handshake.build_refusal(408))
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        self.buf += data
+        try:
+            parsed = handshake.parse_request_head(self.buf)
+        except HandshakeError as exc:
+            self._refuse(exc)
+            return
+        if parsed is None:
+            return
+        request, used = parsed
+        rest = bytes(self.buf[used:])
+        self.buf = bytearray()
+        self._handle(request, rest)
+
+    def _refuse(self, exc: HandshakeError) -> None:
+        log.info("[%s] refused %d: %s", self.cid, exc.status, exc)
+        headers = list(exc.headers) + [("server", self.server.server_header)]
+        self._respond(handshake.build_refusal(exc.status, headers=headers, body=str(exc).encode() + b"\n"))
+
+    def _respond(self, data: bytes) -> None:
+        """Send a final HTTP response, then close."""
+        self.out = data
+        self._timer.cancel()
+        self._write()
+
+    def _write(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        self.out = self.out[sent:]
+        if self.out:
+            self._interest(selectors.EVENT_WRITE)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._timer.cancel()
+        self._unregister()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.server._forget(self)
+
+    # -- the request ---------------------------------------------------------------
+
+    def _handle(self, request: handshake.Request, rest: bytes) -> None:
+        server = self.server
+        try:
+            req = Req.from_request(request, scheme="https" if server.ssl_context else "http",
+                                   peer=self.peer, sockname=self.sock.getsockname())
+            match = server.router.match(req.path, req.host)
+            if match is None:
+                raise HandshakeError(404, f"no route for {req.path}")
+            req.bindings = dict(match.bindings)
+            req.path_info = match.path_info
+            upgrade = handshake.is_upgrade_request(request)
+            key = handshake.validate_upgrade(request) if upgrade else None
+        except HandshakeError as exc:
+            self._refuse(exc)
+            return
+        handler, state = match.handler, match.state
+        try:
+            result = handler.init(req, state)
+        except Exception:
+            log.exception("[%s] init crashed", self.cid)
+            self._respond(handshake.build_refusal(500, headers=[("server", server.server_header)]))
+            return
+        if not isinstance(result, tuple) or len(result) not in (3, 4) or \
+                result[0] not in ("cowboy_websocket", "ok"):
+            log.error("[%s] init returned %r: expected ('cowboy_websocket', req, state[, opts]) "
+                      "or ('ok', req, state)", self.cid, result)
+            self._respond(handshake.build_refusal(500, headers=[("server", server.server_header)]))
+            return
+        req, state = result[1], result[2]
+        if result[0] == "ok":
+            self._reply(req)
+            _terminate(handler, "normal", default_req_filter(req), state, self.cid)
+            return
+        if key is None:
+            self._refuse(HandshakeError(426, "this resource needs a WebSocket upgrade (RFC 6455 §4.2.1)",
+                                        [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                         ("Sec-WebSocket-Version", "13")]))
+            _terminate(handler, "normal", default_req_filter(req), state, self.cid)
+            return
+        try:
+            opts = server.ws_options.merged(match.opts).merged(result[3] if len(result) == 4 else None)
+        except (TypeError, ValueError) as exc:
+            log.error("[%s] bad websocket options: %s", self.cid, exc)
+            self._respond(handshake.build_refusal(500, headers=[("server", server.server_header)]))
+            return
+        self._upgrade(req, key, handler, state, opts, rest)
+
+    def _reply(self, req: Req) -> None:
+        status = req.resp_status if req.resp_status is not None else 204
+        headers = [(k, v) for k, v in req.resp_headers.items()]
+        if "server" not in req.resp_headers:
+            headers.append(("server", self.server.server_header))
+        self._respond(handshake.build_http_response(int(str(status).split()[0]), headers,
+                                                    req.resp_body if status != 204 else b""))
+
+    def _upgrade(self, req: Req, key: str, handler: Any, state: Any, opts: WebSocketOptions,
+                 rest: bytes) -> None:
+        """Answer 101 (RFC 6455 §4.2.2) and hand the socket to a WebSocketProcess."""
+        deflate = None
+        extensions = None
+        if opts.compress:
+            offers = req.parse_header("sec-websocket-extensions") or []
+            negotiated = negotiate_server(offers, opts.deflate_opts)
+            if negotiated is not None:
+                extensions, deflate = negotiated
+        resp_headers = dict(req.resp_headers)
+        protocol = resp_headers.pop("sec-websocket-protocol", None)
+        resp_headers.setdefault("server", self.server.server_header)
+        response = handshake.build_response(key, protocol=protocol, extensions=extensions,
+                                            headers=list(resp_headers.items()))
+        conn = Connection("server", max_frame_size=opts.frame_limit, validate_utf8=opts.validate_utf8,
+                          deflate=deflate)
+        partial = (opts.req_filter or default_req_filter)(req)
+        self.done = True
+        self._timer.cancel()
+        self._unregister()
+        process = WebSocketProcess(self.server, self.sock, handler, state, partial, opts, conn, self.cid)
+        self.server._adopt(self, process)
+        log.debug("[%s] upgraded %s (deflate: %s)", self.cid, req.path, extensions)
+        process.start(rest, response)
+
+
+def _terminate(handler: Any, reason: Any, partial: dict, state: Any, cid: str) -> None:
+    terminate = getattr(handler, "terminate", None)
+    if terminate is None:
+        return
+    _set_self(None)
+    try:
+        terminate(reason, partial, state)
+    except Exception:
+        log.exception("[%s] terminate raised", cid)

@@ -1,0 +1,183 @@
+"""A thin ``selectors`` event loop: readiness callbacks, a timer heap, a wake-up fd.
+
+One loop runs per thread (normally one per process).  Everything a connection
+does happens on its loop's thread; other threads talk to it only through
+:meth:`Loop.call_soon_threadsafe`, which appends to a queue and pokes the wake-up
+socket so the ``select`` call returns.
+
+Write batching lives here too: a connection that produced output calls
+:meth:`Loop.mark_dirty`; after every readiness event of one ``select`` round has
+been handled, each dirty connection is flushed once, so all frames produced by
+one read (or one mailbox batch) leave in one ``send``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+_current = threading.local()
+
+
+def current_loop() -> "Loop | None":
+    """The loop running on this thread, if any."""
+    return getattr(_current, "loop", None)
+
+
+class Timer:
+    """A scheduled call; :meth:`cancel` prevents it from running."""
+
+    __slots__ = ("when", "callback", "args", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    """A single-threaded event loop over :class:`selectors.DefaultSelector`."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self._dirty: dict[Any, None] = {}
+        self._running = False
+        self._stopping = False
+        self.thread_id: int | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._woken = False
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+
+    # -- scheduling ----------------------------------------------------------------
+
+    @staticmethod
+    def time() -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``callback(*args)`` after ``delay`` seconds (loop thread only)."""
+        timer = Timer(time.monotonic() + delay, callback, args)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the next round (loop thread only)."""
+        self._ready.append((callback, args))
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop thread; callable from any thread."""
+        self._threadsafe.append((callback, args))
+        if not self._woken:
+            self._woken = True
+            try:
+                self._wake_w.send(b"\0")
+            except (BlockingIOError, OSError):
+                pass
+
+    def in_loop_thread(self) -> bool:
+        return self.thread_id == threading.get_ident()
+
+    def mark_dirty(self, conn: Any) -> None:
+        """Ask for ``conn.flush()`` once at the end of this round."""
+        self._dirty[conn] = None
+
+    def _on_wake(self, _mask: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # -- running -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current round (thread-safe)."""
+        self._stopping = True
+        self.call_soon_threadsafe(lambda: None)
+
+    def run(self) -> None:
+        """Run until :meth:`stop`."""
+        self.thread_id = threading.get_ident()
+        _current.loop = self
+        self._running = True
+        self._stopping = False
+        try:
+            while not self._stopping:
+                self._run_once()
+        finally:
+            self._running = False
+            _current.loop = None
+
+    def _run_once(self) -> None:
+        timers = self._timers
+        if self._ready or self._threadsafe:
+            timeout: float | None = 0
+        elif timers:
+            timeout = max(0.0, timers[0][0] - time.monotonic())
+        else:
+            timeout = None
+        events = self.selector.select(timeout)
+        for key, mask in events:
+            try:
+                key.data(mask)
+            except Exception:  # a callback bug must not stop every other connection
+                log.exception("unhandled error in I/O callback %r", key.data)
+        self._woken = False
+        threadsafe = self._threadsafe
+        while threadsafe:
+            self._ready.append(threadsafe.popleft())
+        if timers:
+            now = time.monotonic()
+            while timers and timers[0][0] <= now:
+                timer = heapq.heappop(timers)[2]
+                if not timer.cancelled:
+                    self._ready.append((timer.callback, timer.args))
+        ready = self._ready
+        for _ in range(len(ready)):
+            callback, args = ready.popleft()
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("unhandled error in callback %r", callback)
+        self.flush_dirty()
+
+    def flush_dirty(self) -> None:
+        """Flush every connection marked dirty during this round (one send each)."""
+        dirty = self._dirty
+        while dirty:
+            conns = list(dirty)
+            dirty.clear()
+            for conn in conns:
+                try:
+                    conn.flush()
+                except Exception:
+                    log.exception("unhandled error flushing %r", conn)
+
+    def close(self) -> None:
+        """Release the selector and wake-up sockets (after :meth:`run` returned)."""
+        try:
+            self.selector.unregister(self._wake_r)
+        except (KeyError, ValueError):
+            pass
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()

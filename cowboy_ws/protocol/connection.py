@@ -1,0 +1,314 @@
+"""The connection state machine: RFC 6455 §5.4-§5.6 messages, §5.5 control frames, §7 closing.
+
+:class:`Connection` is sans-IO: :meth:`Connection.receive_data` takes bytes and
+returns events; the ``send_*`` methods queue bytes that :meth:`data_to_send`
+hands over in one piece, so the runtime writes everything a batch produced in
+one ``send``.
+
+Events are plain tuples, the same shape as Cowboy's in-frames:
+
+* ``("text", bytes)`` / ``("binary", bytes)``: a whole message, fragments
+  reassembled (§5.4) and inflated (RFC 7692 §7.2.2); text is UTF-8-validated
+  incrementally, failing as soon as a bad sequence arrives (§8.1).
+* ``("ping", bytes)`` / ``("pong", bytes)``: a pong answering a ping is queued
+  automatically before the event is returned (§5.5.2).
+* ``("close", code | None, reason: bytes)``: the peer's Close frame (§5.5.1);
+  if this side had not sent one, the code is echoed back (§7.1.5 / §5.5.1).
+* ``("error", ProtocolError)``: always the last event; the connection is failed
+  (§7.1.7) and a Close frame with ``exc.code`` is already queued.
+
+Limits: one ``max_frame_size`` bounds a frame's payload length, the inflated
+payload and the reassembled message (Cowboy's ``max_frame_size``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Literal, Union
+
+from . import closecodes
+from .deflate import PerMessageDeflate
+from .errors import FrameError, InvalidUtf8, MessageTooBig, ProtocolError, UsageError
+from .frames import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameParser,
+                     frame_header, serialize_frame)
+from .limits import MAX_FRAME_SIZE
+from .kernels import Utf8Validator, validate_utf8
+
+BytesLike = Union[bytes, bytearray, memoryview]
+Event = tuple
+Role = Literal["server", "client"]
+
+OPEN = "open"          # both directions open
+CLOSING = "closing"    # this side sent a Close frame and waits for the peer's (§7.1.2)
+CLOSED = "closed"      # the closing handshake is done or the connection was failed
+
+_KIND = {OP_TEXT: "text", OP_BINARY: "binary"}
+
+
+def encode_close_payload(code: int | None, reason: BytesLike | str = b"") -> bytes:
+    """The body of a Close frame: 2-byte code then UTF-8 reason (RFC 6455 §5.5.1)."""
+    if code is None:
+        if reason:
+            raise UsageError("a close reason needs a close code (RFC 6455 §5.5.1)")
+        return b""
+    if not closecodes.is_valid_on_wire(code):
+        raise UsageError(f"close code {code} may not be sent (RFC 6455 §7.4)")
+    if isinstance(reason, str):
+        reason = reason.encode()
+    payload = code.to_bytes(2, "big") + bytes(reason)
+    if len(payload) > 125:
+        raise UsageError("close reason longer than 123 bytes (RFC 6455 §5.5)")
+    return payload
+
+
+def parse_close_payload(payload: bytes) -> tuple[int | None, bytes]:
+    """Decode and check a received Close body (RFC 6455 §5.5.1, §7.4): (code or None, reason)."""
+    if not payload:
+        return None, b""
+    if len(payload) == 1:
+        raise FrameError("close frame with a 1-byte payload (RFC 6455 §5.5.1)")
+    code = int.from_bytes(payload[:2], "big")
+    if not closecodes.is_valid_on_wire(code):
+        raise FrameError(f"invalid close code {code} (RFC 6455 §7.4)")
+    reason = payload[2:]
+    if not validate_utf8(reason):
+        raise InvalidUtf8("close reason is not valid UTF-8 (RFC 6455 §5.5.1)")
+    return code, reason
+
+
+def _as_bytes(data: BytesLike | str) -> BytesLike:
+    return data.encode() if isinstance(data, str) else data
+
+
+class Connection:
+    """One WebSocket connection's protocol state, after the opening handshake.
+
+    ``role`` is ``"server"`` (incoming frames must be masked, outgoing are not)
+    or ``"client"`` (the reverse; outgoing masking keys come from ``mask_key``,
+    default ``os.urandom``).  ``deflate`` is the negotiated permessage-deflate
+    codec, if any.  ``validate_utf8=False`` skips text validation (Cowboy's
+    ``validate_utf8`` option).
+    """
+
+    __slots__ = ("role", "state", "max_frame_size", "validate_utf8", "deflate", "compress",
+                 "close_code", "close_reason", "_parser", "_out", "_mask_key",
+                 "_msg_kind", "_msg_parts", "_msg_size", "_msg_compressed", "_utf8")
+
+    def __init__(self, role: Role = "server", *, max_frame_size: int | None = MAX_FRAME_SIZE,
+                 validate_utf8: bool = True, deflate: PerMessageDeflate | None = None,
+                 mask_key: Callable[[], bytes] | None = None) -> None:
+        if role not in ("server", "client"):
+            raise UsageError(f"role must be 'server' or 'client', not {role!r}")
+        self.role = role
+        self.state = OPEN
+        self.max_frame_size = max_frame_size
+        self.validate_utf8 = validate_utf8
+        self.deflate = deflate
+        #: compress outgoing messages when deflate was negotiated (the ``deflate`` command toggles it)
+        self.compress = deflate is not None
+        #: set when the peer's Close frame arrives, or when the connection is failed
+        self.close_code: int | None = None
+        self.close_reason: bytes = b""
+        self._parser = FrameParser(mask_required=role == "server", max_frame_size=max_frame_size,
+                                   rsv1_allowed=deflate is not None)
+        self._out: list[bytes] = []
+        self._mask_key = (mask_key or (lambda: os.urandom(4))) if role == "client" else None
+        self._msg_kind: str | None = None   # kind of the fragmented message in progress
+        self._msg_parts: list[bytes] = []
+        self._msg_size = 0
+        self._msg_compressed = False
+        self._utf8: Utf8Validator | None = None
+
+    # -- receiving -----------------------------------------------------------------
+
+    def receive_data(self, data: BytesLike) -> list[Event]:
+        """Feed bytes from the peer; return the events they complete (RFC 6455 §5-§7)."""
+        if self.state == CLOSED or not data:
+            return []
+        events: list[Event] = []
+        try:
+            frames = self._parser.feed(data)
+        except ProtocolError as exc:
+            self._handle_frames(getattr(exc, "frames", ()), events)
+            if self.state != CLOSED:
+                self._fail(exc, events)
+            return events
+        self._handle_frames(frames, events)
+        return events
+
+    def _handle_frames(self, frames: Any, events: list[Event]) -> None:
+        try:
+            for frame in frames:
+                if self.state == CLOSED:
+                    return
+                self._handle_frame(frame, events)
+        except ProtocolError as exc:
+            self._fail(exc, events)
+
+    def _handle_frame(self, frame: tuple, events: list[Event]) -> None:
+        opcode, fin, rsv1, payload = frame
+        kind = _KIND.get(opcode)
+        if kind is not None:
+            if self._msg_kind is not None:
+                raise FrameError("new data frame inside a fragmented message (RFC 6455 §5.4)")
+            if fin and not rsv1:
+                if kind == "text" and self.validate_utf8 and not validate_utf8(payload):
+                    raise InvalidUtf8("text message is not valid UTF-8 (RFC 6455 §8.1)")
+                if self.state is OPEN:  # §7.1.2: after our Close, data is still checked but dropped
+                    events.append((kind, payload))
+                return
+            self._msg_kind = kind
+            self._msg_compressed = bool(rsv1)
+            self._msg_parts = []
+            self._msg_size = 0
+            self._add_fragment(payload, fin, events)
+        elif opcode == OP_CONT:
+            if self._msg_kind is None:
+                raise FrameError("continuation frame without a message to continue (RFC 6455 §5.4)")
+            self._add_fragment(payload, fin, events)
+        elif opcode == OP_PING:
+            if self.state == OPEN:
+                self._out.append(self._frame(OP_PONG, payload))
+                events.append(("ping", payload))
+        elif opcode == OP_PONG:
+            if self.state == OPEN:
+                events.append(("pong", payload))
+        else:  # OP_CLOSE: the parser let only known opcodes through
+            self._receive_close(payload, events)
+
+    def _add_fragment(self, payload: bytes, fin: int, events: list[Event]) -> None:
+        """Append one fragment to the message in progress (RFC 6455 §5.4, RFC 7692 §7.2.2)."""
+        if self._msg_compressed:
+            limit = None if self.max_frame_size is None else self.max_frame_size - self._msg_size
+            payload = self.deflate.decompress(payload, bool(fin), limit)  # type: ignore[union-attr]
+        self._msg_size += len(payload)
+        if self.max_frame_size is not None and self._msg_size > self.max_frame_size:
+            raise MessageTooBig(f"message exceeds max_frame_size {self.max_frame_size}")
+        if self._msg_kind == "text" and self.validate_utf8:
+            if self._utf8 is None:
+                self._utf8 = Utf8Validator()
+            self._utf8.feed(payload, bool(fin))
+        if payload:
+            self._msg_parts.append(payload)
+        if fin:
+            parts = self._msg_parts
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            if self.state is OPEN:
+                events.append((self._msg_kind, data))
+            self._msg_kind = None
+            self._msg_parts = []
+
+    def _receive_close(self, payload: bytes, events: list[Event]) -> None:
+        """The peer's Close frame: check it, echo it if we had not closed (RFC 6455 §5.5.1, §7.1.5)."""
+        code, reason = parse_close_payload(payload)
+        self.close_code, self.close_reason = code, reason
+        if self.state == OPEN:
+            self._out.append(self._frame(OP_CLOSE, b"" if code is None else code.to_bytes(2, "big")))
+        self.state = CLOSED
+        events.append(("close", code, reason))
+
+    def _fail(self, exc: ProtocolError, events: list[Event]) -> None:
+        """Fail the WebSocket connection (RFC 6455 §7.1.7): queue a Close with the error's code."""
+        if self.state == OPEN:
+            self._out.append(self._frame(OP_CLOSE, exc.code.to_bytes(2, "big")))
+        self.state = CLOSED
+        self.close_code = exc.code
+        self._msg_kind = None
+        self._msg_parts = []
+        events.append(("error", exc))
+
+    def receive_eof(self) -> None:
+        """The peer closed the TCP connection (RFC 6455 §7.1.5: no Close frame means code 1006)."""
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self.close_code = closecodes.ABNORMAL_CLOSURE
+
+    # -- sending -------------------------------------------------------------------
+
+    def _frame(self, opcode: int, payload: BytesLike, fin: bool = True, rsv1: bool = False) -> bytes:
+        mask_key = self._mask_key
+        if mask_key is None:
+            return serialize_frame(opcode, payload, fin=fin, rsv1=rsv1)
+        return serialize_frame(opcode, payload, fin=fin, rsv1=rsv1, mask_key=mask_key())
+
+    def _check_open(self) -> None:
+        if self.state != OPEN:
+            raise UsageError(f"cannot send on a connection that is {self.state} (RFC 6455 §5.5.1)")
+
+    def send_message(self, kind: str, data: BytesLike | str | list) -> None:
+        """Queue a whole text or binary message, compressed when negotiated (RFC 7692 §6)."""
+        self._check_open()
+        opcode = OP_TEXT if kind == "text" else OP_BINARY
+        if isinstance(data, list):
+            data = b"".join(_as_bytes(part) for part in data)
+        else:
+            data = _as_bytes(data)
+        deflate = self.deflate
+        if self.compress and deflate is not None and deflate.should_compress(len(data)):
+            self._out.append(self._frame(opcode, deflate.compress(data), rsv1=True))
+        elif self._mask_key is None and len(data) > 65536:
+            # large payload: header and payload go out as two buffers, no copy here
+            self._out.append(frame_header(opcode, len(data)))
+            self._out.append(data if isinstance(data, bytes) else bytes(data))
+        else:
+            self._out.append(self._frame(opcode, data))
+
+    def send_text(self, data: BytesLike | str) -> None:
+        """Queue a text message (RFC 6455 §5.6)."""
+        self.send_message("text", data)
+
+    def send_binary(self, data: BytesLike) -> None:
+        """Queue a binary message (RFC 6455 §5.6)."""
+        self.send_message("binary", data)
+
+    def send_fragment(self, opcode: int, data: BytesLike, fin: bool) -> None:
+        """Queue one raw fragment (RFC 6455 §5.4), uncompressed; the caller keeps the order rules."""
+        self._check_open()
+        self._out.append(self._frame(opcode, _as_bytes(data), fin=fin))
+
+    def send_ping(self, data: BytesLike | str = b"") -> None:
+        """Queue a Ping (RFC 6455 §5.5.2)."""
+        self._check_open()
+        self._out.append(self._frame(OP_PING, _as_bytes(data)))
+
+    def send_pong(self, data: BytesLike | str = b"") -> None:
+        """Queue an unsolicited Pong (RFC 6455 §5.5.3)."""
+        self._check_open()
+        self._out.append(self._frame(OP_PONG, _as_bytes(data)))
+
+    def send_close(self, code: int | None = closecodes.NORMAL, reason: BytesLike | str = b"") -> None:
+        """Start the closing handshake (RFC 6455 §5.5.1, §7.1.2); later sends raise UsageError."""
+        self._check_open()
+        self._out.append(self._frame(OP_CLOSE, encode_close_payload(code, reason)))
+        self.state = CLOSING
+
+    def data_to_send(self) -> bytes:
+        """Everything queued since the last call, as one buffer for one ``send``."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def buffers_to_send(self) -> list[bytes]:
+        """Everything queued since the last call, as a list for ``sendmsg`` (no join copy)."""
+        out = self._out
+        self._out = []
+        return out
+
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
+    def hibernate(self) -> None:
+        """Release what an idle connection does not need (Cowboy's ``hibernate``)."""
+        self._parser.release()
+        if self._msg_kind is None:
+            self._utf8 = None
+        if self.deflate is not None and self._msg_kind is None:
+            self.deflate.release()
+
+    def set_max_frame_size(self, size: int | None) -> None:
+        """Change the limit (the ``set_options`` command)."""
+        self.max_frame_size = size
+        self._parser.max_frame_size = size

@@ -1,0 +1,523 @@
+"""permessage-deflate (RFC 7692): negotiation and the per-message codec.
+
+Sans-IO: the functions here take already-parsed ``Sec-WebSocket-Extensions``
+values (a list of ``(name, [(param, value_or_None), ...])``, names lower-cased,
+quoted values unquoted) and return header values as strings; the codec turns a
+message into a compressed payload and compressed frame payloads back into
+bytes. Framing (RSV1, fragmentation) belongs to the connection state machine.
+
+* RFC 7692 §5 / §7.1: :func:`negotiate_server`, :func:`client_offer`,
+  :func:`negotiate_client`.
+* RFC 7692 §6 / §7.2: :class:`PerMessageDeflate` (``compress`` is §7.2.1,
+  ``decompress`` is §7.2.2).
+
+Window bits (see DESIGN.md): zlib and zlib-ng refuse to *deflate* a raw stream
+with an 8-bit window, so this module never agrees to compress with 8 bits and
+never silently compresses with 9 when 8 was agreed. Inflation always uses a
+32 KiB window (``wbits=-15``): a larger inflate window decodes any smaller one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+try:  # zlib-ng is the intended backend; the stdlib module is a drop-in fallback.
+    from zlib_ng import zlib_ng as zlib
+except ImportError:  # pragma: no cover - exercised only without zlib-ng
+    import zlib  # type: ignore[no-redef]
+
+from .errors import FrameError, HandshakeError, MessageTooBig, UsageError
+
+__all__ = [
+    "DEFAULT_LEVEL",
+    "EXTENSION_NAME",
+    "DeflateOptions",
+    "DeflateParams",
+    "PerMessageDeflate",
+    "client_offer",
+    "negotiate_client",
+    "negotiate_server",
+]
+
+#: zlib compression level used unless configured: level 1 is several times
+#: faster than Cowboy's 9 for a small loss of ratio on typical messages.
+DEFAULT_LEVEL = 1
+
+#: The extension token (RFC 7692 §7).
+EXTENSION_NAME = "permessage-deflate"
+
+#: RFC 7692 §7.2.1: the empty stored block ending every sync-flushed message,
+#: removed by the sender and appended again by the receiver (§7.2.2).
+_TAIL = b"\x00\x00\xff\xff"
+
+#: Inflate window: the largest, which decodes every window size (RFC 7692 §7.1.2).
+_INFLATE_WBITS = -15
+
+#: First output chunk of a bounded inflate; later chunks double (see _inflate).
+_FIRST_CHUNK = 256 * 1024
+
+_SERVER_NO_TAKEOVER = "server_no_context_takeover"
+_CLIENT_NO_TAKEOVER = "client_no_context_takeover"
+_SERVER_MAX_BITS = "server_max_window_bits"
+_CLIENT_MAX_BITS = "client_max_window_bits"
+_KNOWN_PARAMS = frozenset((_SERVER_NO_TAKEOVER, _CLIENT_NO_TAKEOVER, _SERVER_MAX_BITS, _CLIENT_MAX_BITS))
+
+#: RFC 7692 §7.1.2.1: the value is a decimal integer 8..15 "without leading
+#: zeros"; nothing else (signs, spaces, "08", "") is accepted.
+_WINDOW_BITS_VALUES = {str(n): n for n in range(8, 16)}
+
+Offers = list[tuple[str, list[tuple[str, "str | None"]]]]
+
+
+@dataclass(frozen=True)
+class DeflateOptions:
+    """Local configuration of permessage-deflate (Cowboy's ``deflate_opts``).
+
+    ``level``, ``mem_level`` and ``strategy`` are zlib's. The window bits and
+    context-takeover fields bound what this endpoint agrees to (RFC 7692 §7.1):
+    as a server, ``server_*`` limit our compressor and ``client_*`` what we ask
+    of the client; as a client they are what :func:`client_offer` offers.
+    Messages shorter than ``min_size`` are sent uncompressed (RSV1 unset),
+    which RFC 7692 §6 allows for any message.
+    """
+
+    level: int = DEFAULT_LEVEL
+    mem_level: int = 8
+    strategy: int = 0  # zlib Z_DEFAULT_STRATEGY
+    server_max_window_bits: int = 15
+    client_max_window_bits: int = 15
+    server_context_takeover: bool = True
+    client_context_takeover: bool = True
+    min_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not -1 <= self.level <= 9:
+            raise UsageError(f"deflate level must be -1..9, got {self.level!r}")
+        if not 1 <= self.mem_level <= 9:
+            raise UsageError(f"deflate mem_level must be 1..9, got {self.mem_level!r}")
+        if not 0 <= self.strategy <= 4:
+            raise UsageError(f"deflate strategy must be 0..4, got {self.strategy!r}")
+        for name in (_SERVER_MAX_BITS, _CLIENT_MAX_BITS):
+            bits = getattr(self, name)
+            if not 8 <= bits <= 15:
+                raise UsageError(f"{name} must be 8..15, got {bits!r}")
+        if self.min_size < 0:
+            raise UsageError(f"min_size must be >= 0, got {self.min_size!r}")
+
+
+@dataclass(frozen=True)
+class DeflateParams:
+    """The agreed parameters of RFC 7692 §7.1 ("agreed parameters").
+
+    A window-bits field of 15 means the parameter was absent (the default).
+    """
+
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int = 15
+    client_max_window_bits: int = 15
+
+
+# --------------------------------------------------------------------------
+# Negotiation (RFC 7692 §5, §7.1)
+# --------------------------------------------------------------------------
+
+
+def _format(params: list[tuple[str, str | None]]) -> str:
+    """Format one extension element: ``permessage-deflate; a; b=10`` (RFC 6455 §9.1)."""
+    parts = [EXTENSION_NAME]
+    for name, value in params:
+        parts.append(name if value is None else f"{name}={value}")
+    return "; ".join(parts)
+
+
+def _parse_params(params: list[tuple[str, str | None]]) -> dict[str, str | None] | str:
+    """Check the syntax of a permessage-deflate parameter list (RFC 7692 §7.1).
+
+    Returns the parameters as a dict, or a string saying what is wrong: an
+    unknown or duplicated parameter, a value on a ``*_no_context_takeover``
+    (§7.1.1), a missing or malformed window-bits value (§7.1.2). A
+    ``client_max_window_bits`` without value is returned as ``None``; whether
+    that is allowed depends on the direction and is checked by the caller.
+    """
+    seen: dict[str, str | None] = {}
+    for raw_name, value in params:
+        name = raw_name.lower()
+        if name not in _KNOWN_PARAMS:
+            return f"unknown parameter {raw_name!r}"
+        if name in seen:
+            return f"duplicated parameter {name!r}"
+        if name in (_SERVER_NO_TAKEOVER, _CLIENT_NO_TAKEOVER):
+            if value is not None:
+                return f"{name} takes no value, got {value!r}"
+        elif value is None:
+            if name == _SERVER_MAX_BITS:
+                return f"{name} needs a value"
+        elif value not in _WINDOW_BITS_VALUES:
+            return f"{name} must be a decimal 8..15 without leading zeros, got {value!r}"
+        seen[name] = value
+    return seen
+
+
+def negotiate_server(
+    offers: Offers, options: DeflateOptions = DeflateOptions()
+) -> tuple[str, PerMessageDeflate] | None:
+    """Accept the first acceptable permessage-deflate offer (RFC 7692 §5.1, §7.1).
+
+    ``offers`` is the parsed ``Sec-WebSocket-Extensions`` request header, in
+    order. Other extensions are ignored; a permessage-deflate offer that is
+    invalid (unknown or duplicated parameter, bad value) or that we cannot
+    honour (``server_max_window_bits=8``: zlib cannot deflate with an 8-bit
+    window) is declined and the next one tried. Returns the response
+    extension element and the server-side codec, or ``None`` if no offer
+    was acceptable.
+
+    The response contains (RFC 7692 §7.1.1, §7.1.2):
+
+    * ``server_no_context_takeover`` if offered or if
+      ``options.server_context_takeover`` is False;
+    * ``client_no_context_takeover`` if offered or if
+      ``options.client_context_takeover`` is False;
+    * ``server_max_window_bits=N`` if offered (N = min(offer, ours)) or if
+      ours is below 15; ours is ``options.server_max_window_bits`` raised to
+      9, the smallest window zlib deflates with;
+    * ``client_max_window_bits=N`` only if the client offered that parameter
+      (N = min(offered value or 15, ``options.client_max_window_bits``));
+      otherwise the client's window cannot be limited (§7.1.2.2).
+    """
+    our_server_bits = max(9, options.server_max_window_bits)
+    for name, params in offers:
+        if name.lower() != EXTENSION_NAME:
+            continue
+        parsed = _parse_params(params)
+        if isinstance(parsed, str):
+            continue  # §5.1: decline this offer, try the next one
+        response: list[tuple[str, str | None]] = []
+        server_no_takeover = _SERVER_NO_TAKEOVER in parsed or not options.server_context_takeover
+        client_no_takeover = _CLIENT_NO_TAKEOVER in parsed or not options.client_context_takeover
+        if server_no_takeover:
+            response.append((_SERVER_NO_TAKEOVER, None))
+        if client_no_takeover:
+            response.append((_CLIENT_NO_TAKEOVER, None))
+
+        server_bits = 15
+        offered_server = parsed.get(_SERVER_MAX_BITS)
+        if offered_server is not None:
+            wanted = _WINDOW_BITS_VALUES[offered_server]
+            if wanted < 9:
+                continue  # DESIGN.md: never answer 8 with a 9-bit compressor
+            server_bits = min(wanted, our_server_bits)
+            response.append((_SERVER_MAX_BITS, str(server_bits)))
+        elif our_server_bits < 15:
+            server_bits = our_server_bits
+            response.append((_SERVER_MAX_BITS, str(server_bits)))
+
+        client_bits = 15
+        if _CLIENT_MAX_BITS in parsed:
+            offered_client = parsed[_CLIENT_MAX_BITS]
+            limit = 15 if offered_client is None else _WINDOW_BITS_VALUES[offered_client]
+            client_bits = min(limit, options.client_max_window_bits)
+            response.append((_CLIENT_MAX_BITS, str(client_bits)))
+
+        agreed = DeflateParams(
+            server_no_context_takeover=server_no_takeover,
+            client_no_context_takeover=client_no_takeover,
+            server_max_window_bits=server_bits,
+            client_max_window_bits=client_bits,
+        )
+        return _format(response), PerMessageDeflate(True, agreed, options)
+    return None
+
+
+def _offer_params(options: DeflateOptions) -> list[tuple[str, str | None]]:
+    """The parameters :func:`client_offer` sends for ``options`` (RFC 7692 §7.1)."""
+    params: list[tuple[str, str | None]] = []
+    if not options.server_context_takeover:
+        params.append((_SERVER_NO_TAKEOVER, None))
+    if not options.client_context_takeover:
+        params.append((_CLIENT_NO_TAKEOVER, None))
+    if options.server_max_window_bits < 15:
+        # 8 is raised to 9: servers that follow DESIGN.md decline 8 (and we
+        # inflate with a 15-bit window anyway, so asking for 8 saves nothing).
+        params.append((_SERVER_MAX_BITS, str(max(9, options.server_max_window_bits))))
+    if options.client_max_window_bits < 15:
+        params.append((_CLIENT_MAX_BITS, str(max(9, options.client_max_window_bits))))
+    else:
+        params.append((_CLIENT_MAX_BITS, None))
+    return params
+
+
+def client_offer(options: DeflateOptions = DeflateOptions()) -> str:
+    """The client's ``Sec-WebSocket-Extensions`` offer (RFC 7692 §5, §7.1).
+
+    ``client_max_window_bits`` is always offered (we can limit our
+    compressor, §7.1.2.2), with a value when ``options`` limit it. E.g. the
+    defaults give ``permessage-deflate; client_max_window_bits``.
+    """
+    return _format(_offer_params(options))
+
+
+def negotiate_client(
+    response: Offers, options: DeflateOptions = DeflateOptions()
+) -> PerMessageDeflate | None:
+    """Check the server's answer to :func:`client_offer` (RFC 7692 §5.2, §7.1).
+
+    Returns ``None`` if the response holds no permessage-deflate element
+    (the server declined). Raises :class:`HandshakeError` (status 400: the
+    client must _Fail the WebSocket Connection_) if the element is repeated,
+    has an unknown or duplicated parameter or a malformed value, omits
+    ``server_no_context_takeover`` or ``server_max_window_bits`` that we
+    offered (§7.1.1.1, §7.1.2.1), answers a larger window than we offered,
+    or holds ``client_max_window_bits`` we did not offer or without a value
+    (§7.1.2.2).
+
+    If the server sets ``client_max_window_bits=8`` the codec never
+    compresses (zlib cannot deflate with an 8-bit window; RFC 7692 §6 lets
+    any message go uncompressed).
+    """
+    elements = [params for name, params in response if name.lower() == EXTENSION_NAME]
+    if not elements:
+        return None
+    if len(elements) > 1:
+        raise HandshakeError(400, "permessage-deflate appears more than once in the response")
+    parsed = _parse_params(elements[0])
+    if isinstance(parsed, str):
+        raise HandshakeError(400, f"invalid permessage-deflate response: {parsed}")
+    offered = dict(_offer_params(options))
+
+    if _SERVER_NO_TAKEOVER in offered and _SERVER_NO_TAKEOVER not in parsed:
+        raise HandshakeError(400, "permessage-deflate response lacks the offered server_no_context_takeover")
+
+    server_bits = 15
+    if _SERVER_MAX_BITS in parsed:
+        server_bits = _WINDOW_BITS_VALUES[parsed[_SERVER_MAX_BITS]]  # type: ignore[index]
+    if _SERVER_MAX_BITS in offered:
+        if _SERVER_MAX_BITS not in parsed:
+            raise HandshakeError(400, "permessage-deflate response lacks the offered server_max_window_bits")
+        limit = int(offered[_SERVER_MAX_BITS])  # type: ignore[arg-type]
+        if server_bits > limit:
+            raise HandshakeError(
+                400, f"permessage-deflate server_max_window_bits={server_bits} exceeds the offered {limit}"
+            )
+
+    client_bits = 15
+    if _CLIENT_MAX_BITS in parsed:
+        if _CLIENT_MAX_BITS not in offered:
+            raise HandshakeError(400, "permessage-deflate response has client_max_window_bits we did not offer")
+        value = parsed[_CLIENT_MAX_BITS]
+        if value is None:
+            raise HandshakeError(400, "permessage-deflate response has client_max_window_bits without a value")
+        client_bits = _WINDOW_BITS_VALUES[value]
+        offered_value = offered[_CLIENT_MAX_BITS]
+        if offered_value is not None and client_bits > int(offered_value):
+            raise HandshakeError(
+                400,
+                f"permessage-deflate client_max_window_bits={client_bits} exceeds the offered {offered_value}",
+            )
+
+    agreed = DeflateParams(
+        server_no_context_takeover=_SERVER_NO_TAKEOVER in parsed,
+        client_no_context_takeover=_CLIENT_NO_TAKEOVER in parsed,
+        server_max_window_bits=server_bits,
+        client_max_window_bits=client_bits,
+    )
+    return PerMessageDeflate(False, agreed, options)
+
+
+# --------------------------------------------------------------------------
+# The codec (RFC 7692 §6, §7.2)
+# --------------------------------------------------------------------------
+
+
+class PerMessageDeflate:
+    """Compress outgoing and decompress incoming messages (RFC 7692 §6, §7.2).
+
+    ``is_server`` picks which half of the agreed ``params`` is ours: a server
+    compresses under the ``server_*`` parameters and inflates what the
+    client compressed under ``client_*``; a client the reverse.
+
+    zlib objects are created lazily. Our compressor is dropped after every
+    message when our direction has no context takeover (agreed, or chosen
+    locally through ``options``); the decompressor is dropped after each
+    message when the peer agreed not to take over context. Compression with
+    an agreed window of 8 bits is impossible with zlib: a server refuses to
+    be built that way (:class:`UsageError`, negotiation never agrees to it),
+    a client simply never compresses (:meth:`should_compress` is False).
+    """
+
+    def __init__(self, is_server: bool, params: DeflateParams, options: DeflateOptions = DeflateOptions()) -> None:
+        self.is_server = is_server
+        self.params = params
+        self.options = options
+        if is_server:
+            agreed_bits = params.server_max_window_bits
+            own_bits = options.server_max_window_bits
+            self._send_no_takeover = params.server_no_context_takeover or not options.server_context_takeover
+            self._recv_no_takeover = params.client_no_context_takeover
+        else:
+            agreed_bits = params.client_max_window_bits
+            own_bits = options.client_max_window_bits
+            self._send_no_takeover = params.client_no_context_takeover or not options.client_context_takeover
+            self._recv_no_takeover = params.server_no_context_takeover
+        if not 8 <= agreed_bits <= 15:
+            raise UsageError(f"agreed window bits must be 8..15, got {agreed_bits!r}")
+        self._can_compress = agreed_bits > 8
+        if not self._can_compress and is_server:
+            raise UsageError("zlib cannot deflate with an 8-bit window; negotiation must not agree to it")
+        # Never compress with a larger window than agreed (RFC 7692 §7.1.2);
+        # a smaller one (our own limit, at least 9) is always fine.
+        self._send_wbits = -min(agreed_bits, max(9, own_bits))
+        self._deflater: Any = None  # zlib compressobj
+        self._inflater: Any = None  # zlib decompressobj
+        self._in_message = False  # a compressed message is being received
+        self._ended = False  # its DEFLATE stream ended with BFINAL (§7.2.3.5)
+
+    # -- sending (§7.2.1) --------------------------------------------------
+
+    def should_compress(self, size: int) -> bool:
+        """Whether to compress a message of ``size`` bytes (RFC 7692 §6).
+
+        False below ``options.min_size`` and when compression is impossible
+        (an agreed 8-bit window); the message is then sent with RSV1 unset.
+        """
+        return self._can_compress and size >= self.options.min_size
+
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Compress one whole message into a frame payload (RFC 7692 §7.2.1).
+
+        Deflates ``data``, flushes with ``Z_SYNC_FLUSH`` and strips the
+        trailing ``00 00 ff ff``. An empty message gives ``b"\\x00"``
+        (§7.2.3.6). The payload may be split into fragments by the caller
+        (§7.2.3.3); RSV1 goes on the first one only (§6.1).
+        """
+        if not self._can_compress:
+            raise UsageError("cannot compress: the agreed window (8 bits) is below what zlib can deflate with")
+        deflater = self._deflater
+        if deflater is None:
+            o = self.options
+            deflater = zlib.compressobj(o.level, zlib.DEFLATED, self._send_wbits, o.mem_level, o.strategy)
+        body = deflater.compress(data)
+        tail = deflater.flush(zlib.Z_SYNC_FLUSH)
+        # §7.2.1: no context takeover -> the next message starts with an empty window.
+        self._deflater = None if self._send_no_takeover else deflater
+        if len(tail) >= 4:
+            if not body:
+                return tail[:-4]
+            return b"".join((body, memoryview(tail)[:-4]))
+        return (body + tail)[:-4]  # pragma: no cover - the marker is never split by zlib
+
+    # -- receiving (§7.2.2) ------------------------------------------------
+
+    def decompress(self, data: bytes | bytearray | memoryview, final: bool, max_size: int | None) -> bytes:
+        """Inflate one frame's payload of a compressed message (RFC 7692 §7.2.2).
+
+        Called for every frame of a message whose first frame had RSV1 set,
+        ``final`` being that frame's FIN. On the final frame ``00 00 ff ff``
+        is appended before inflating. ``max_size`` is how many inflated
+        bytes this message may still produce (``None``: no limit); the
+        output never exceeds it and no more than about ``max_size`` bytes
+        are allocated before :class:`MessageTooBig` (close 1009) is raised.
+        Corrupt DEFLATE data raises :class:`FrameError` (close 1002).
+
+        A stream ending with a BFINAL block (§7.2.3.5) is accepted; what
+        follows the final block in the message is ignored, and the next
+        message starts with an empty window (a finished zlib stream keeps
+        no context).
+        """
+        inflater = self._inflater
+        if inflater is None:
+            inflater = self._inflater = zlib.decompressobj(_INFLATE_WBITS)
+        self._in_message = not final
+        limit = None if max_size is None else max(max_size, 0)
+        pieces: list[bytes] = []
+        try:
+            if not self._ended:
+                produced = self._inflate(inflater, data, limit, pieces, 0)
+                if final and not inflater.eof:
+                    self._inflate(inflater, _TAIL, limit, pieces, produced)
+                self._ended = inflater.eof
+        except zlib.error as exc:
+            self._reset_inflater()
+            raise FrameError(f"permessage-deflate: invalid compressed data ({exc})") from None
+        except MessageTooBig:
+            self._reset_inflater()
+            raise
+        if final:
+            if self._recv_no_takeover or self._ended:
+                self._inflater = None  # §7.2.2: next message starts with an empty window
+            self._ended = False
+        if len(pieces) == 1:
+            return pieces[0]
+        return b"".join(pieces)
+
+    def _reset_inflater(self) -> None:
+        self._inflater = None
+        self._in_message = False
+        self._ended = False
+
+    @staticmethod
+    def _inflate(
+        inflater: Any,
+        data: bytes | bytearray | memoryview,
+        limit: int | None,
+        pieces: list[bytes],
+        produced: int,
+    ) -> int:
+        """Inflate ``data`` into ``pieces``; return the message's output so far.
+
+        Bounded: each call asks zlib for at most one byte more than allowed
+        (``max_length``), in chunks that start at 256 KiB and double (so
+        the unconsumed input is copied O(log n) times), and raises
+        :class:`MessageTooBig` as soon as the limit is passed, before any
+        join. Memory stays near ``limit`` whatever the compression ratio.
+        """
+        if limit is None:
+            out = inflater.decompress(data)
+            if out:
+                pieces.append(out)
+            return produced + len(out)
+        chunk = _FIRST_CHUNK
+        buf = data
+        while True:
+            want = min(limit - produced + 1, chunk)
+            out = inflater.decompress(buf, want)
+            produced += len(out)
+            if produced > limit:
+                raise MessageTooBig(f"permessage-deflate: inflated message exceeds {limit} bytes")
+            if out:
+                pieces.append(out)
+            # Output below ``want`` means the input is used up; a full buffer
+            # may leave input (unconsumed_tail) or pending output in zlib.
+            if len(out) < want or inflater.eof:
+                return produced
+            buf = inflater.unconsumed_tail
+            chunk *= 2
+
+    # -- hibernation -------------------------------------------------------
+
+    def release(self) -> None:
+        """Drop the zlib objects that hold no context (used on ``hibernate``).
+
+        With context takeover the LZ77 window must survive between messages
+        (RFC 7692 §7.2.1, §7.2.2), so those objects are kept. Without it the
+        compressor is dropped, and the decompressor too unless a message is
+        half received. They are recreated lazily.
+        """
+        if self._send_no_takeover:
+            self._deflater = None
+        if self._inflater is not None and not self._in_message and (self._recv_no_takeover or self._ended):
+            self._inflater = None
+
+    def memory_estimate(self) -> int:
+        """Rough bytes held by the zlib objects (zlib-ng's allocation sizes)."""
+        total = 0
+        if self._deflater is not None:
+            total += (4 << -self._send_wbits) + (1 << 17) + (256 << self.options.mem_level) + 24 * 1024
+        if self._inflater is not None:
+            total += (1 << -_INFLATE_WBITS) + 10 * 1024
+        return total
+
+    def __repr__(self) -> str:
+        role = "server" if self.is_server else "client"
+        return f"PerMessageDeflate({role}, {self.params!r})"

@@ -1,0 +1,190 @@
+"""The listener (Ranch's part) and the server that owns the loop, routes and connections.
+
+``Server(routes, host=..., port=...)`` binds at construction (port 0 picks a free
+port: read :attr:`Server.port`), then :meth:`Server.serve_forever` runs the loop
+on the calling thread, or :meth:`Server.start` runs it on a background thread.
+:meth:`Server.shutdown` (thread-safe) stops accepting, sends Close 1001 to every
+connection, waits up to the grace period for the closing handshakes, calls
+every ``terminate`` and returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import selectors
+import socket
+import ssl
+import threading
+from typing import Any, Iterable
+
+from . import __version__
+from .http import HttpConnection
+from .loop import Loop
+from .options import WebSocketOptions
+from .router import Router
+
+log = logging.getLogger(__name__)
+
+#: Seconds a client has to complete its request (and TLS handshake).
+HANDSHAKE_TIMEOUT = 10.0
+#: Seconds given to connections to finish their closing handshakes on shutdown.
+SHUTDOWN_GRACE = 5.0
+
+_cids = itertools.count(1)
+
+
+def backend() -> str:
+    """Which kernel backend is active: ``"c"`` or ``"python"``."""
+    from .protocol import kernels
+    return kernels.BACKEND
+
+
+class Server:
+    """A cowboy_ws server: listener + loop + router + the connections."""
+
+    def __init__(self, routes: Router | Iterable[Any], *, host: str = "127.0.0.1", port: int = 8080,
+                 ssl_context: ssl.SSLContext | None = None, backlog: int = 1024,
+                 ws_options: WebSocketOptions | dict | None = None,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, shutdown_grace: float = SHUTDOWN_GRACE) -> None:
+        self.router = routes if isinstance(routes, Router) else Router(routes)
+        if isinstance(ws_options, dict):
+            ws_options = WebSocketOptions().merged(ws_options)
+        self.ws_options = ws_options or WebSocketOptions()
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self.shutdown_grace = shutdown_grace
+        self.server_header = f"cowboy_ws/{__version__}"
+        self.loop = Loop()
+        self.connections: dict[Any, None] = {}
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._shutting_down = False
+        self.sock = self._bind(host, port, backlog)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.loop.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+
+    @staticmethod
+    def _bind(host: str, port: int, backlog: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.ssl_context else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    # -- accepting -----------------------------------------------------------------
+
+    def _on_accept(self, _mask: int) -> None:
+        for _ in range(256):  # accept until EAGAIN, bounded so one round stays short
+            try:
+                sock, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed (%s): backing off 100 ms", exc)
+                    self.loop.selector.unregister(self.sock)
+                    self.loop.call_later(0.1, self._resume_accept)
+                else:
+                    log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            cid = f"{next(_cids):x}"
+            conn = HttpConnection(self, sock, peer[:2], cid)
+            self.connections[conn] = None
+            conn.start()
+
+    def _resume_accept(self) -> None:
+        if not self._shutting_down:
+            self.loop.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+
+    def _adopt(self, old: Any, new: Any) -> None:
+        self.connections.pop(old, None)
+        self.connections[new] = None
+
+    def _forget(self, conn: Any) -> None:
+        self.connections.pop(conn, None)
+        if self._shutting_down and not self.connections:
+            self.loop.stop()
+
+    # -- running -------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Run the loop on this thread until :meth:`shutdown`."""
+        from .protocol import kernels
+        scheme = "https" if self.ssl_context else "http"
+        log.info("cowboy_ws %s listening on %s://%s:%d (backend %s, compress %s)", __version__, scheme,
+                 self.host, self.port, kernels.BACKEND, "on" if self.ws_options.compress else "off")
+        try:
+            self.loop.run()
+        finally:
+            for conn in list(self.connections):
+                if hasattr(conn, "_finish"):
+                    conn._finish()
+                else:
+                    conn.close()
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.loop.close()
+            self._stopped.set()
+
+    def start(self) -> "Server":
+        """Run the loop on a daemon thread; returns at once."""
+        self._thread = threading.Thread(target=self.serve_forever, name=f"cowboy_ws:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self, grace: float | None = None, wait: bool = True) -> None:
+        """Stop accepting, close every connection with 1001, wait up to ``grace`` s, stop (thread-safe)."""
+        grace = self.shutdown_grace if grace is None else grace
+        self.loop.call_soon_threadsafe(self._begin_shutdown, grace)
+        if wait and (self._thread is None or threading.current_thread() is not self._thread):
+            if self._thread is not None or self.loop.thread_id is not None:
+                self._stopped.wait(grace + 5)
+
+    def _begin_shutdown(self, grace: float) -> None:
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        log.info("shutting down: closing %d connection(s), grace %.1fs", len(self.connections), grace)
+        try:
+            self.loop.selector.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+        for conn in list(self.connections):
+            if hasattr(conn, "close_going_away"):
+                conn.close_going_away()
+            else:
+                conn.close()
+        if not self.connections:
+            self.loop.stop()
+        else:
+            self.loop.call_later(grace, self.loop.stop)
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()

@@ -1,0 +1,471 @@
+"""The handler state machine of an upgraded connection (Cowboy's ``cowboy_websocket``).
+
+One :class:`WebSocketProcess` per connection.  It reads the socket, feeds the
+sans-IO :class:`~cowboy_ws.protocol.connection.Connection`, calls the handler's
+``websocket_init`` / ``websocket_handle`` / ``websocket_info`` and interprets
+their results exactly as the contract table of DESIGN.md says, and calls
+``terminate`` exactly once, whatever the exit path.
+
+Output is batched: callbacks only queue frames; the loop flushes each dirty
+connection once per round, so everything produced by one read leaves in one
+``send``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import ssl
+from collections import deque
+from typing import Any
+
+from .options import WebSocketOptions
+from .process import Pid, _set_self
+from .protocol import closecodes
+from .protocol.connection import CLOSED, OPEN, Connection, encode_close_payload
+from .protocol.errors import UsageError
+from .protocol.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, serialize_frame
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+_OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PONG, "close": OP_CLOSE}
+_COMMANDS = frozenset({"active", "deflate", "set_options", "shutdown_reason"})
+
+
+class BadResult(TypeError):
+    """A callback returned something that is not a valid call result."""
+
+
+def _iodata(data: Any) -> bytes:
+    """Flatten iodata (bytes-like, str, or a nested list of those) to bytes."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, (list, tuple)):
+        return b"".join(_iodata(part) for part in data)
+    raise BadResult(f"frame data must be bytes, str or a list of those, not {type(data).__name__}")
+
+
+def normalize_frame(frame: Any) -> tuple[str, Any, Any]:
+    """An OutFrame (cow_ws:frame()) as ``(kind, data, close_code)``; raises BadResult if malformed."""
+    if isinstance(frame, str):
+        if frame in ("close", "ping", "pong"):
+            return frame, b"", None
+        raise BadResult(f"unknown frame {frame!r}")
+    if isinstance(frame, tuple) and frame and frame[0] in _OPCODES:
+        if len(frame) == 2:
+            if frame[0] == "close":
+                return "close", _iodata(frame[1]), closecodes.NORMAL
+            return frame[0], frame[1], None
+        if len(frame) == 3 and frame[0] == "close" and isinstance(frame[1], int):
+            return "close", _iodata(frame[2]), frame[1]
+    raise BadResult(f"invalid frame {frame!r}")
+
+
+def encode_broadcast(frame: Any) -> bytes:
+    """Serialize an OutFrame once for :func:`cowboy_ws.broadcast` (uncompressed, server side)."""
+    kind, data, _code = normalize_frame(frame)
+    if kind == "close":
+        raise UsageError("cannot broadcast a close frame")
+    return serialize_frame(_OPCODES[kind], _iodata(data))
+
+
+class WebSocketProcess:
+    """An upgraded connection running a Cowboy-style handler."""
+
+    def __init__(self, server: Any, sock: socket.socket, handler: Any, state: Any, partial_req: dict,
+                 opts: WebSocketOptions, conn: Connection, cid: str) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.sock = sock
+        self.handler = handler
+        self.state = state
+        self.partial_req = partial_req
+        self.opts = opts
+        self.conn = conn
+        self.cid = cid
+        self.pid = Pid(self, self.loop)
+        self.is_tls = isinstance(sock, ssl.SSLSocket)
+        self.active = True
+        self.reason: Any = None            # terminate reason, fixed at the first exit decision
+        self.shutdown_reason: Any = "normal"
+        self.done = False
+        self._mailbox: deque[Any] = deque()
+        self._mailbox_scheduled = False
+        self._pending: list[bytes] = []     # written but not yet accepted by the kernel
+        self._events = 0                    # selector interest currently registered
+        self._close_after_flush = False
+        self._close_timer: Any = None
+        self._idle_timer: Any = None
+        self._last_recv = self.loop.time()
+        self._hibernating = False
+        self._handle = getattr(handler, "websocket_handle", None)
+        self._info = getattr(handler, "websocket_info", None)
+
+    def __repr__(self) -> str:
+        return f"<WebSocketProcess {self.cid} {self.pid!r}>"
+
+    # -- start ---------------------------------------------------------------------
+
+    def start(self, initial: bytes, handshake_response: bytes) -> None:
+        """Send the 101 response, run ``websocket_init``, then handle bytes that came with the request."""
+        self._pending.append(handshake_response)
+        self.loop.mark_dirty(self)
+        self._set_interest(selectors.EVENT_READ)
+        self._arm_idle_timer()
+        init = getattr(self.handler, "websocket_init", None)
+        if init is not None:
+            self._call(init, self.state)
+        if initial and not self.done and self.conn.state != CLOSED:
+            self._receive(initial)
+
+    # -- I/O -----------------------------------------------------------------------
+
+    def _set_interest(self, events: int) -> None:
+        if events == self._events or self.done:
+            return
+        selector = self.loop.selector
+        if self._events == 0:
+            selector.register(self.sock, events, self._on_ready)
+        elif events == 0:
+            selector.unregister(self.sock)
+        else:
+            selector.modify(self.sock, events, self._on_ready)
+        self._events = events
+
+    def _wanted_events(self) -> int:
+        events = selectors.EVENT_WRITE if self._pending else 0
+        if self.active and not self._close_after_flush:
+            events |= selectors.EVENT_READ
+        elif self._close_after_flush and self.conn.state != CLOSED:
+            events |= selectors.EVENT_READ  # wait for the peer's Close
+        return events
+
+    def _on_ready(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush()
+        if mask & selectors.EVENT_READ and not self.done:
+            self._read()
+
+    def _read(self) -> None:
+        sock = self.sock
+        try:
+            data = sock.recv(READ_SIZE)
+            if self.is_tls:
+                while data and sock.pending():  # decrypted bytes the selector cannot see
+                    data += sock.recv(sock.pending())
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError as exc:
+            self._socket_error(exc)
+            return
+        if not data:
+            self._eof()
+            return
+        self._last_recv = self.loop.time()
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        self._hibernating = False
+        events = self.conn.receive_data(data)
+        if events:
+            self._dispatch(events)
+        if self.conn.has_data_to_send:
+            self.loop.mark_dirty(self)
+
+    def flush(self) -> None:
+        """Write everything queued in one ``send`` (called once per loop round)."""
+        if self.done:
+            return
+        pending = self._pending
+        out = self.conn.buffers_to_send()
+        if out:
+            pending.extend(out)
+        if pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            except OSError as exc:
+                self._pending = []
+                self._socket_error(exc)
+                return
+            self._pending = [data[sent:]] if sent < len(data) else []
+        if not self._pending and self._close_after_flush:
+            self._after_close_flushed()
+            return
+        self._set_interest(self._wanted_events())
+
+    # -- dispatch ------------------------------------------------------------------
+
+    def _dispatch(self, events: list) -> None:
+        for event in events:
+            if self.done or self.reason is not None:
+                return
+            kind = event[0]
+            if kind == "close":
+                code, payload = event[1], event[2]
+                self._begin_close(("remote", code, payload) if code is not None else "remote")
+            elif kind == "error":
+                exc = event[1]
+                log.info("[%s] protocol error, closing %d: %s", self.cid, exc.code, exc)
+                self._begin_close(("error", exc.reason))
+            else:
+                self._call(self._handle, event, self.state)
+
+    def deliver(self, msg: Any) -> None:
+        """A message for ``websocket_info`` (from :meth:`Pid.send`): queue it, handle it this round."""
+        if self.done or self.reason is not None:
+            return
+        self._mailbox.append(msg)
+        if not self._mailbox_scheduled:
+            self._mailbox_scheduled = True
+            self.loop.call_soon(self._drain_mailbox)
+
+    def _drain_mailbox(self) -> None:
+        self._mailbox_scheduled = False
+        mailbox = self._mailbox
+        # Only what is queued now: a handler that keeps sending to itself yields to others.
+        for _ in range(len(mailbox)):
+            if self.done or self.reason is not None:
+                mailbox.clear()
+                return
+            self._call(self._info, mailbox.popleft(), self.state)
+        if mailbox and not self._mailbox_scheduled:
+            self._mailbox_scheduled = True
+            self.loop.call_soon(self._drain_mailbox)
+
+    def _call(self, callback: Any, *args: Any) -> None:
+        """Run one handler callback and apply its result; a raise is a crash (1011)."""
+        _set_self(self.pid)
+        try:
+            result = callback(*args)
+            self._apply(result)
+        except Exception as exc:  # any handler bug: crash this connection only
+            self._crash("error", exc)
+        finally:
+            _set_self(None)
+
+    def _crash(self, kind: str, exc: BaseException) -> None:
+        log.error("[%s] handler %r crashed", self.cid, self.handler, exc_info=exc)
+        if self.reason is None:
+            self._begin_close(("crash", kind, exc), closecodes.INTERNAL_ERROR)
+
+    def _apply(self, result: Any) -> None:
+        """Interpret a CallResult (DESIGN.md contract table)."""
+        if not isinstance(result, tuple) or not result:
+            raise BadResult(f"callback returned {result!r}, not a call result tuple")
+        tag = result[0]
+        n = len(result)
+        if tag == "ok" and n in (2, 3):
+            self.state = result[1]
+            hibernate = self._hibernate_flag(result, 2)
+            commands: Any = ()
+        elif tag == "reply" and n in (3, 4):
+            self.state = result[2]
+            hibernate = self._hibernate_flag(result, 3)
+            frames = result[1]
+            commands = frames if isinstance(frames, list) else [frames]
+            for frame in commands:
+                normalize_frame(frame)  # validate before anything is sent
+        elif tag == "stop" and n == 2:
+            self.state = result[1]
+            self._begin_close("stop", closecodes.NORMAL)
+            return
+        elif isinstance(tag, list) and n in (2, 3):
+            self.state = result[1]
+            hibernate = self._hibernate_flag(result, 2)
+            commands = tag
+        else:
+            raise BadResult(f"callback returned {result!r}, not a call result")
+        for command in commands:
+            self._command(command)
+        if hibernate and self.reason is None:
+            self._hibernate()
+
+    @staticmethod
+    def _hibernate_flag(result: tuple, index: int) -> bool:
+        if len(result) <= index:
+            return False
+        if result[index] != "hibernate":
+            raise BadResult(f"expected 'hibernate' as the last element of {result!r}")
+        return True
+
+    def _command(self, command: Any) -> None:
+        if isinstance(command, tuple) and command and command[0] in _COMMANDS:
+            name = command[0]
+            if len(command) != 2:
+                raise BadResult(f"invalid command {command!r}")
+            value = command[1]
+            if name == "active":
+                self.active = bool(value)
+                if not self.done:
+                    self._set_interest(self._wanted_events())
+            elif name == "deflate":
+                self.conn.compress = bool(value) and self.conn.deflate is not None
+            elif name == "set_options":
+                self._set_options(value)
+            else:
+                self.shutdown_reason = value
+            return
+        self._send_frame(command)
+
+    def _set_options(self, options: Any) -> None:
+        if not isinstance(options, dict):
+            raise BadResult(f"set_options takes a dict, not {options!r}")
+        for key, value in options.items():
+            if key == "idle_timeout":
+                self.opts = self.opts.replace(idle_timeout=value)
+                self._last_recv = self.loop.time()
+                self._arm_idle_timer()
+            elif key == "max_frame_size":
+                self.opts = self.opts.replace(max_frame_size=value)
+                self.conn.set_max_frame_size(None if value == "infinity" else value)
+            else:
+                raise BadResult(f"set_options: unknown option {key!r}")
+
+    def _send_frame(self, frame: Any) -> None:
+        kind, data, code = normalize_frame(frame)
+        if self.conn.state != OPEN or self.reason is not None:
+            return  # frames queued after a close frame are dropped
+        if kind == "close":
+            encode_close_payload(code, data)  # check before committing to close
+            self._begin_close("stop", code, data)
+            return
+        if kind == "text" or kind == "binary":
+            self.conn.send_message(kind, data)
+        elif kind == "ping":
+            self.conn.send_ping(_iodata(data))
+        else:
+            self.conn.send_pong(_iodata(data))
+        self.loop.mark_dirty(self)
+
+    def send_broadcast(self, frame: Any, wire: bytes) -> None:
+        """Queue a frame serialized once for many connections (compressing ones re-encode it)."""
+        if self.done or self.reason is not None or self.conn.state != OPEN:
+            return
+        if self.conn.compress:
+            kind, data, _code = normalize_frame(frame)
+            self.conn.send_message(kind, data)
+        else:
+            self._pending.append(wire)
+        self.loop.mark_dirty(self)
+
+    def _hibernate(self) -> None:
+        self._hibernating = True
+        self.conn.hibernate()
+
+    # -- closing -------------------------------------------------------------------
+
+    def _begin_close(self, reason: Any, code: int | None = None, payload: bytes = b"") -> None:
+        """Decide the terminate reason (first decision wins) and start closing.
+
+        ``code`` is the close code to send if this side still may (RFC 6455 §7.1.2);
+        when the peer closed or the protocol layer failed the connection, the
+        Close frame is already queued by the sans-IO core.
+        """
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self._mailbox.clear()
+        if self.conn.state == OPEN:
+            try:
+                self.conn.send_close(code, payload)
+            except UsageError:
+                self.conn.send_close(closecodes.NORMAL)
+        self._close_after_flush = True
+        self.loop.mark_dirty(self)
+
+    def _after_close_flushed(self) -> None:
+        """Our Close is written: close now if the handshake is done, else wait for the peer's (§7.1.1)."""
+        if self.conn.state == CLOSED:
+            self._finish()
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR) if not self.is_tls else None
+        except OSError:
+            pass
+        if self._close_timer is None:
+            self._close_timer = self.loop.call_later(self.opts.close_timeout / 1000.0, self._finish)
+        self._set_interest(selectors.EVENT_READ)
+
+    def close_going_away(self) -> None:
+        """Server shutdown: close 1001 and terminate (RFC 6455 §7.4.1)."""
+        if self.reason is None:
+            self._begin_close("shutdown", closecodes.GOING_AWAY)
+
+    def _eof(self) -> None:
+        self.conn.receive_eof()
+        if self.reason is None:
+            self.reason = ("error", "closed")
+        self._finish()
+
+    def _socket_error(self, exc: OSError) -> None:
+        if self.reason is None:
+            name = errno.errorcode.get(exc.errno or 0, "closed").lower() if exc.errno else "closed"
+            self.reason = ("error", name)
+        log.debug("[%s] socket error: %s", self.cid, exc)
+        self._finish()
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if self.done or self.reason is not None:
+            return
+        timeout = self.opts.idle_timeout
+        if timeout == "infinity":
+            return
+        left = self._last_recv + timeout / 1000.0 - self.loop.time()
+        if left > 0:
+            self._idle_timer = self.loop.call_later(left, self._on_idle)
+            return
+        self._begin_close("timeout", closecodes.NORMAL)
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        timeout = self.opts.idle_timeout
+        if timeout != "infinity":
+            self._idle_timer = self.loop.call_later(timeout / 1000.0, self._on_idle)
+
+    def _finish(self) -> None:
+        """Release the socket and call ``terminate`` exactly once."""
+        if self.done:
+            return
+        self.done = True
+        if self.reason is None:
+            self.reason = ("error", "closed")
+        for timer in (self._idle_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._events:
+            try:
+                self.loop.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self._events = 0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._pending = []
+        self._mailbox.clear()
+        self.pid._exit()
+        self.server._forget(self)
+        terminate = getattr(self.handler, "terminate", None)
+        if terminate is not None:
+            _set_self(self.pid)
+            try:
+                terminate(self.reason, self.partial_req, self.state)
+            except Exception:
+                log.exception("[%s] terminate raised", self.cid)
+            finally:
+                _set_self(None)
+        log.debug("[%s] closed: %r", self.cid, self.reason)
