@@ -333,7 +333,7 @@ class WebSocketProcess:
 
     def _send_frame(self, frame: Any) -> None:
         kind, data, code = normalize_frame(frame)
-        if self.conn.state != OPEN or self.reason is not None:
+        if not self.conn.can_send or self.reason is not None:
             return  # frames queued after a close frame are dropped
         if kind == "close":
             encode_close_payload(code, data)  # check before committing to close
@@ -349,7 +349,7 @@ class WebSocketProcess:
 
     def send_broadcast(self, frame: Any, wire: bytes) -> None:
         """Queue a frame serialized once for many connections (compressing ones re-encode it)."""
-        if self.done or self.reason is not None or self.conn.state != OPEN:
+        if self.done or self.reason is not None or not self.conn.can_send:
             return
         if self.conn.compress:
             kind, data, _code = normalize_frame(frame)

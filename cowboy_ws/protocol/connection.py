@@ -15,7 +15,18 @@ Events are plain tuples, the same shape as Cowboy's in-frames:
 * ``("close", code | None, reason: bytes)``: the peer's Close frame (§5.5.1);
   if this side had not sent one, the code is echoed back (§7.1.5 / §5.5.1).
 * ``("error", ProtocolError)``: always the last event; the connection is failed
-  (§7.1.7) and a Close frame with ``exc.code`` is already queued.
+  (§7.1.7) with a Close frame carrying ``exc.code``.
+
+The automatic Close (echo or failure) is queued *behind* whatever the
+application sends while handling the events of the same batch: replies to the
+messages that came before the Close or the bad frame are not lost (§5.5.1: an
+endpoint may finish sending its message before its Close).  Until that Close
+is handed out by :meth:`Connection.data_to_send`, :attr:`Connection.can_send`
+stays true.
+
+UTF-8 fails fast even inside one frame: when a text frame is still arriving,
+the part already received is validated (Autobahn 6.4.3/6.4.4 send one frame in
+chunks and expect the failure at the bad chunk).
 
 Limits: one ``max_frame_size`` bounds a frame's payload length, the inflated
 payload and the reassembled message (Cowboy's ``max_frame_size``).
@@ -92,7 +103,8 @@ class Connection:
 
     __slots__ = ("role", "state", "max_frame_size", "validate_utf8", "deflate", "compress",
                  "close_code", "close_reason", "_parser", "_out", "_mask_key",
-                 "_msg_kind", "_msg_parts", "_msg_size", "_msg_compressed", "_utf8")
+                 "_msg_kind", "_msg_parts", "_msg_size", "_msg_compressed", "_utf8",
+                 "_close_reply", "_partial_checked")
 
     def __init__(self, role: Role = "server", *, max_frame_size: int | None = MAX_FRAME_SIZE,
                  validate_utf8: bool = True, deflate: PerMessageDeflate | None = None,
@@ -118,6 +130,8 @@ class Connection:
         self._msg_size = 0
         self._msg_compressed = False
         self._utf8: Utf8Validator | None = None
+        self._close_reply: bytes | None = None  # automatic Close, queued behind the batch's replies
+        self._partial_checked = 0               # payload bytes of an incomplete text frame already validated
 
     # -- receiving -----------------------------------------------------------------
 
@@ -134,7 +148,26 @@ class Connection:
                 self._fail(exc, events)
             return events
         self._handle_frames(frames, events)
+        if self.validate_utf8 and self._parser.buffered and self.state is not CLOSED:
+            try:
+                self._check_partial_text()
+            except ProtocolError as exc:
+                self._fail(exc, events)
         return events
+
+    def _check_partial_text(self) -> None:
+        """Validate the received part of an incomplete text frame (RFC 6455 §8.1: fail fast)."""
+        partial = self._parser.peek_partial(self._partial_checked)
+        if partial is None:
+            return
+        opcode, rsv1, chunk = partial
+        if rsv1 or not (opcode == OP_TEXT and self._msg_kind is None
+                        or opcode == OP_CONT and self._msg_kind == "text" and not self._msg_compressed):
+            return
+        if self._utf8 is None:
+            self._utf8 = Utf8Validator()
+        self._utf8.feed(chunk)
+        self._partial_checked += len(chunk)
 
     def _handle_frames(self, frames: Any, events: list[Event]) -> None:
         try:
@@ -152,8 +185,12 @@ class Connection:
             if self._msg_kind is not None:
                 raise FrameError("new data frame inside a fragmented message (RFC 6455 §5.4)")
             if fin and not rsv1:
-                if kind == "text" and self.validate_utf8 and not validate_utf8(payload):
-                    raise InvalidUtf8("text message is not valid UTF-8 (RFC 6455 §8.1)")
+                if kind == "text" and self.validate_utf8:
+                    if self._partial_checked:
+                        self._utf8.feed(memoryview(payload)[self._partial_checked:], True)  # type: ignore[union-attr]
+                        self._partial_checked = 0
+                    elif not validate_utf8(payload):
+                        raise InvalidUtf8("text message is not valid UTF-8 (RFC 6455 §8.1)")
                 if self.state is OPEN:  # §7.1.2: after our Close, data is still checked but dropped
                     events.append((kind, payload))
                 return
@@ -187,7 +224,11 @@ class Connection:
         if self._msg_kind == "text" and self.validate_utf8:
             if self._utf8 is None:
                 self._utf8 = Utf8Validator()
-            self._utf8.feed(payload, bool(fin))
+            if self._partial_checked:
+                self._utf8.feed(memoryview(payload)[self._partial_checked:], bool(fin))
+                self._partial_checked = 0
+            else:
+                self._utf8.feed(payload, bool(fin))
         if payload:
             self._msg_parts.append(payload)
         if fin:
@@ -203,14 +244,14 @@ class Connection:
         code, reason = parse_close_payload(payload)
         self.close_code, self.close_reason = code, reason
         if self.state == OPEN:
-            self._out.append(self._frame(OP_CLOSE, b"" if code is None else code.to_bytes(2, "big")))
+            self._close_reply = self._frame(OP_CLOSE, b"" if code is None else code.to_bytes(2, "big"))
         self.state = CLOSED
         events.append(("close", code, reason))
 
     def _fail(self, exc: ProtocolError, events: list[Event]) -> None:
         """Fail the WebSocket connection (RFC 6455 §7.1.7): queue a Close with the error's code."""
         if self.state == OPEN:
-            self._out.append(self._frame(OP_CLOSE, exc.code.to_bytes(2, "big")))
+            self._close_reply = self._frame(OP_CLOSE, exc.code.to_bytes(2, "big"))
         self.state = CLOSED
         self.close_code = exc.code
         self._msg_kind = None
@@ -231,8 +272,13 @@ class Connection:
             return serialize_frame(opcode, payload, fin=fin, rsv1=rsv1)
         return serialize_frame(opcode, payload, fin=fin, rsv1=rsv1, mask_key=mask_key())
 
+    @property
+    def can_send(self) -> bool:
+        """True while messages may still be queued: open, or the automatic Close not yet handed out."""
+        return self.state is OPEN or self._close_reply is not None
+
     def _check_open(self) -> None:
-        if self.state != OPEN:
+        if self.state is not OPEN and self._close_reply is None:
             raise UsageError(f"cannot send on a connection that is {self.state} (RFC 6455 §5.5.1)")
 
     def send_message(self, kind: str, data: BytesLike | str | list) -> None:
@@ -278,27 +324,30 @@ class Connection:
 
     def send_close(self, code: int | None = closecodes.NORMAL, reason: BytesLike | str = b"") -> None:
         """Start the closing handshake (RFC 6455 §5.5.1, §7.1.2); later sends raise UsageError."""
-        self._check_open()
+        if self.state is not OPEN:
+            raise UsageError(f"a Close frame was already sent or is queued (connection {self.state})")
         self._out.append(self._frame(OP_CLOSE, encode_close_payload(code, reason)))
         self.state = CLOSING
 
     def data_to_send(self) -> bytes:
         """Everything queued since the last call, as one buffer for one ``send``."""
-        out = self._out
+        out = self.buffers_to_send()
         if not out:
             return b""
-        self._out = []
         return out[0] if len(out) == 1 else b"".join(out)
 
     def buffers_to_send(self) -> list[bytes]:
         """Everything queued since the last call, as a list for ``sendmsg`` (no join copy)."""
         out = self._out
         self._out = []
+        if self._close_reply is not None:
+            out.append(self._close_reply)
+            self._close_reply = None
         return out
 
     @property
     def has_data_to_send(self) -> bool:
-        return bool(self._out)
+        return bool(self._out) or self._close_reply is not None
 
     def hibernate(self) -> None:
         """Release what an idle connection does not need (Cowboy's ``hibernate``)."""

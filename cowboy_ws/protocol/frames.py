@@ -89,6 +89,31 @@ class FrameParser:
         if not self._buf:
             self._buf = bytearray()
 
+    def peek_partial(self, offset: int) -> tuple[int, int, bytes] | None:
+        """The buffered payload of the incomplete frame from ``offset`` on, unmasked (§5.3).
+
+        Returns ``(opcode, rsv1, payload_part)`` or None if no byte past
+        ``offset`` is buffered yet.  The header was already checked by ``feed``.
+        """
+        buf = self._buf
+        n = len(buf)
+        if n < 2:
+            return None
+        length = buf[1] & 0x7F
+        start = 4 if length == 126 else 10 if length == 127 else 2
+        masked = buf[1] & 0x80
+        if masked:
+            start += 4
+        start += offset
+        if n <= start:
+            return None
+        part = buf[start:]
+        if masked:
+            key = buf[start - offset - 4:start - offset]
+            shift = offset & 3
+            part = mask(part, bytes(key[shift:] + key[:shift]))
+        return buf[0] & 0x0F, buf[0] & 0x40, bytes(part)
+
     def feed(self, data: BytesLike) -> list[Frame]:
         """Consume ``data``; return every frame it completes, in order (RFC 6455 §5.2)."""
         buf = self._buf
