@@ -308,3 +308,51 @@ def test_fragmented_roundtrip_any_chunking(messages, chunk):
     for i in range(0, len(wire), chunk):
         events += conn.receive_data(wire[i:i + chunk])
     assert events == [(kind, text.encode()) for kind, text, _ in messages]
+
+
+def test_replies_go_before_the_automatic_close():
+    """§5.5.1: replies to messages that preceded the peer's Close (or a bad frame) are sent before our Close."""
+    for tail in (c(OP_CLOSE, b"\x03\xe8"), bytes([0x83, 0x80]) + KEY):
+        conn = Connection()
+        events = conn.receive_data(c(OP_TEXT, b"first") + tail)
+        assert events[0] == ("text", b"first") and conn.state == "closed"
+        assert conn.can_send
+        conn.send_text(b"first")
+        frames = sent_frames(conn)
+        assert frames[0] == (OP_TEXT, True, b"first") and frames[1][0] == OP_CLOSE
+        assert not conn.can_send
+        with pytest.raises(UsageError):
+            conn.send_text("late")
+
+
+def test_send_close_twice_when_close_reply_pending():
+    """Only one Close ever leaves: send_close after the peer's Close is a usage error."""
+    conn = Connection()
+    conn.receive_data(c(OP_CLOSE))
+    with pytest.raises(UsageError):
+        conn.send_close()
+
+
+def test_utf8_fails_fast_inside_one_frame():
+    """§8.1 / Autobahn 6.4.3: a single frame arriving in chunks fails at the chunk with the bad byte."""
+    payload = "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"edited"
+    wire = c(OP_TEXT, payload)
+    conn = Connection()
+    assert conn.receive_data(wire[:6 + 11]) == []   # header + key + valid part
+    assert error_of(conn.receive_data(wire[17:19])).code == 1007
+    assert sent_frames(conn) == [(OP_CLOSE, True, (1007).to_bytes(2, "big"))]
+
+
+def test_partially_checked_frame_completes():
+    """Partial validation of a frame never changes the result of a valid message, at any chunking."""
+    payload = "ab€cd€".encode() * 30
+    for opcodes in ([(OP_TEXT, True)], [(OP_TEXT, False), (OP_CONT, True)]):
+        half = len(payload) // 2
+        parts = [payload] if len(opcodes) == 1 else [payload[:half], payload[half:]]
+        wire = b"".join(c(op, part, fin=fin) for (op, fin), part in zip(opcodes, parts))
+        for step in (1, 3, 7, 64):
+            conn = Connection()
+            events = []
+            for i in range(0, len(wire), step):
+                events += conn.receive_data(wire[i:i + step])
+            assert events == [("text", payload)]
