@@ -1,0 +1,240 @@
+"""The command line: ``python -m cowboy_ws [MODULE[:HANDLER]] [options]``.
+
+With no handler it serves the built-in echo handler (:mod:`cowboy_ws.examples.echo`)
+on every path of ``127.0.0.1:8080``; a plain ``GET`` gets a small HTML page that
+talks to it.  ``MODULE:HANDLER`` imports ``MODULE`` and serves its attribute
+``HANDLER`` (a module, a class or an instance with the Cowboy callbacks) on every
+path (route pattern ``"_"``); ``MODULE`` alone serves the module itself.
+
+The server logs one line when it listens (address with the real port, kernel
+backend, compression).  SIGINT / SIGTERM shut it down gracefully: every
+connection gets Close 1001 (RFC 6455 §7.4.1), ``terminate`` runs, and the
+process exits 0.  A second signal stops at once without waiting for the peers'
+closing handshakes.
+
+The Autobahn|Testsuite fuzzing client drives::
+
+    python -m cowboy_ws --port 9001 --compress --max-frame-size 67108864
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import ssl
+import sys
+from types import ModuleType
+from typing import Any, Sequence
+
+from . import __version__
+
+log = logging.getLogger("cowboy_ws")
+
+DEFAULT_HANDLER = "cowboy_ws.examples.echo"
+
+EPILOG = """\
+examples:
+  python -m cowboy_ws                                   echo on ws://127.0.0.1:8080/ (any path)
+  python -m cowboy_ws --port 9001 --compress --max-frame-size 67108864
+                                                        what the Autobahn fuzzing client expects
+  python -m cowboy_ws cowboy_ws.examples.chat           a module as the handler
+  python -m cowboy_ws myapp.ws:ChatHandler --port 0     an attribute (module, class or instance)
+  python -m cowboy_ws --certfile cert.pem --keyfile key.pem --port 8443
+                                                        wss:// with TLS
+
+The handler's init/websocket_init/websocket_handle/websocket_info/terminate
+follow Cowboy's cowboy_websocket (see DESIGN.md); its initial state is None.
+SIGINT/SIGTERM close every connection with 1001 and exit 0.
+"""
+
+
+class HandlerError(Exception):
+    """MODULE[:HANDLER] could not be turned into a handler."""
+
+
+def _limit(what: str):
+    """An argparse type: a positive int, or the string ``infinity``."""
+
+    def parse(text: str) -> int | str:
+        if text.strip().lower() == "infinity":
+            return "infinity"
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive integer or 'infinity', not {text!r}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive integer or 'infinity', not {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse shows it in "invalid <name> value" messages
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535 (0 picks a free port), not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cowboy_ws",
+        description="Serve a Cowboy-style WebSocket handler (cowboy_websocket) over HTTP/1.1 or TLS.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "handler", nargs="?", default=DEFAULT_HANDLER, metavar="MODULE[:HANDLER]",
+        help="the handler to serve on every path: MODULE:HANDLER takes attribute HANDLER "
+             "(dots allowed) of the imported MODULE; MODULE alone uses the module itself "
+             f"(default: {DEFAULT_HANDLER})")
+    net = parser.add_argument_group("listener")
+    net.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default: %(default)s; 0.0.0.0 or :: for every interface)")
+    net.add_argument("--port", type=_port, default=8080,
+                     help="TCP port (default: %(default)s; 0 picks a free one, shown in the log)")
+    net.add_argument("--certfile", metavar="PEM",
+                     help="serve wss:// with this certificate chain (PEM)")
+    net.add_argument("--keyfile", metavar="PEM",
+                     help="private key for --certfile (default: read from the certificate file)")
+    ws = parser.add_argument_group("websocket options (cowboy_websocket:opts())")
+    ws.add_argument("--compress", action="store_true",
+                    help="accept permessage-deflate (RFC 7692) when the client offers it")
+    ws.add_argument("--max-frame-size", type=_limit("max_frame_size"), metavar="BYTES",
+                    help="largest frame, inflated payload and message accepted; bigger ones close "
+                         "with 1009 (default: 1000000; 'infinity' for no limit)")
+    ws.add_argument("--idle-timeout", type=_limit("idle_timeout"), metavar="MS",
+                    help="close a connection that received nothing for MS milliseconds "
+                         "(default: 60000; 'infinity' disables)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                        help="logging level (default: %(default)s)")
+    parser.add_argument("--version", action="version", version=f"cowboy_ws {__version__}")
+    return parser
+
+
+def load_handler(spec: str) -> Any:
+    """``"pkg.mod:Attr.sub"`` -> that object; ``"pkg.mod"`` -> the module. Raises HandlerError."""
+    module_name, sep, attr_path = spec.partition(":")
+    module_name = module_name.strip()
+    attr_path = attr_path.strip()
+    if not module_name or (sep and not attr_path):
+        raise HandlerError(f"invalid handler {spec!r}: expected MODULE or MODULE:HANDLER")
+    module = _import(module_name)
+    obj: Any = module
+    if attr_path:
+        walked = module_name
+        for part in attr_path.split("."):
+            if not part.isidentifier():
+                raise HandlerError(f"invalid handler {spec!r}: {part!r} is not a Python identifier")
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                # "pkg:submodule": a submodule that the package did not import itself.
+                if isinstance(obj, ModuleType) and getattr(obj, "__path__", None) is not None:
+                    obj = _import(f"{walked}.{part}", missing_ok=True)
+                    if obj is not None:
+                        walked = f"{walked}.{part}"
+                        continue
+                raise HandlerError(f"module {module_name!r} has no attribute {attr_path!r}") from None
+            walked = f"{walked}.{part}"
+    missing = [name for name in ("init", "websocket_handle") if not callable(getattr(obj, name, None))]
+    if missing:
+        raise HandlerError(
+            f"{spec!r} is not a WebSocket handler: it has no {' or '.join(missing)} "
+            "(a handler is a module, class or instance with init(req, state) and "
+            "websocket_handle(frame, state); see DESIGN.md)")
+    if not callable(getattr(obj, "websocket_info", None)):
+        log.warning("handler %r has no websocket_info: a message sent to its Pid will crash the connection",
+                    spec)
+    return obj
+
+
+def _import(name: str, missing_ok: bool = False) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (exc.name == name or name.startswith(exc.name + ".")):
+            if missing_ok:
+                return None
+            raise HandlerError(f"cannot import module {name!r}: no module named {exc.name!r} "
+                               "(is it on PYTHONPATH?)") from None
+        raise HandlerError(f"cannot import module {name!r}: {exc}") from exc
+    except Exception as exc:  # the module itself failed while importing
+        raise HandlerError(f"cannot import module {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def build_ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    try:
+        handler = load_handler(args.handler)
+    except HandlerError as exc:
+        parser.error(str(exc))
+
+    ssl_context = None
+    if args.certfile:
+        try:
+            ssl_context = build_ssl_context(args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            parser.error(f"cannot load the TLS certificate/key: {exc}")
+
+    ws_options: dict[str, Any] = {}
+    if args.compress:
+        ws_options["compress"] = True
+    if args.max_frame_size is not None:
+        ws_options["max_frame_size"] = args.max_frame_size
+    if args.idle_timeout is not None:
+        ws_options["idle_timeout"] = args.idle_timeout
+
+    from .server import Server  # after logging is set up
+
+    try:
+        server = Server([("_", handler, None)], host=args.host, port=args.port,
+                        ssl_context=ssl_context, ws_options=ws_options)
+    except OSError as exc:
+        print(f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            log.info("%s received: closing connections (1001), then exiting", name)
+            server.shutdown(wait=False)
+        else:
+            log.warning("%s received again: stopping now", name)
+            server.loop.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve_forever()
+    finally:
+        for sig, handler_ in previous.items():
+            signal.signal(sig, handler_)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
