@@ -356,3 +356,57 @@ def test_partially_checked_frame_completes():
             for i in range(0, len(wire), step):
                 events += conn.receive_data(wire[i:i + step])
             assert events == [("text", payload)]
+
+
+def test_deflate_bomb_refused_with_1009_in_bounded_memory():
+    """RFC 7692 §7.2.2 + max_frame_size: a compressed frame inflating to 100 MB is refused (1009), memory < 2x limit.
+
+    Deflate's best ratio is about 1032:1, so 100 MB needs a ~97 KB frame (a 1 KiB frame
+    inflates to at most ~1 MB); both are checked through the whole connection path.
+    """
+    import tracemalloc
+
+    from zlib_ng import zlib_ng
+
+    from cowboy_ws.protocol.deflate import DeflateParams, PerMessageDeflate
+
+    limit = 1_000_000
+    for size in (100_000_000, 1_100_000):
+        comp = zlib_ng.compressobj(9, zlib_ng.DEFLATED, -15)
+        body = comp.compress(bytes(size)) + comp.flush(zlib_ng.Z_SYNC_FLUSH)
+        assert body.endswith(b"\x00\x00\xff\xff")
+        wire = c(OP_BINARY, body[:-4], rsv1=True)
+        conn = Connection(max_frame_size=limit, deflate=PerMessageDeflate(True, DeflateParams()))
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            events = conn.receive_data(wire)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        assert error_of(events).code == 1009
+        assert peak < 2 * limit + len(wire), (size, len(body), peak)
+        assert sent_frames(conn) == [(OP_CLOSE, True, (1009).to_bytes(2, "big"))]
+
+
+def test_deflate_messages_through_connection():
+    """RFC 7692 §6: compressed messages (RSV1 on the first frame only) round-trip client <-> server."""
+    from cowboy_ws.protocol.deflate import DeflateParams, PerMessageDeflate
+
+    client = Connection("client", deflate=PerMessageDeflate(False, DeflateParams()))
+    server = Connection("server", deflate=PerMessageDeflate(True, DeflateParams()))
+    for text in ("hello", "hello", "x" * 10000, ""):
+        client.send_text(text)
+        assert server.receive_data(client.data_to_send()) == [("text", text.encode())]
+        server.send_text(text)
+        assert client.receive_data(server.data_to_send()) == [("text", text.encode())]
+    server.compress = False  # the ("deflate", False) command
+    server.send_binary(b"raw")
+    wire = server.data_to_send()
+    assert wire[0] & 0x40 == 0
+    assert client.receive_data(wire) == [("binary", b"raw")]
+    # a fragmented compressed message: RSV1 on the first frame only
+    comp = client.deflate.compress(b"fragmented " * 50)
+    wire = c(OP_TEXT, comp[:10], fin=False, rsv1=True) + c(OP_CONT, comp[10:])
+    assert server.receive_data(wire) == [("text", b"fragmented " * 50)]
