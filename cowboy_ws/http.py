@@ -183,9 +183,11 @@ class HttpConnection:
         handler, state = match.handler, match.state
         try:
             result = handler.init(req, state)
-        except Exception:
+        except Exception as exc:
             log.exception("[%s] init crashed", self.cid)
             self._respond(handshake.build_refusal(500, headers=[("server", server.server_header)]))
+            # cowboy_handler: terminate({crash, Class, Reason}, Req, State) when init raises
+            _terminate(handler, ("crash", "error", exc), default_req_filter(req), state, self.cid)
             return
         if not isinstance(result, tuple) or len(result) not in (3, 4) or \
                 result[0] not in ("cowboy_websocket", "ok"):

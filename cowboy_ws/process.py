@@ -25,10 +25,12 @@ _local = threading.local()
 class Pid:
     """The address of a connection process; hashable, printable, safe to share between threads."""
 
-    __slots__ = ("id", "_conn", "_loop", "__weakref__")
+    __slots__ = ("id", "exit_reason", "_conn", "_loop", "__weakref__")
 
     def __init__(self, conn: Any, loop: Loop) -> None:
         self.id = next(_ids)
+        #: None while alive; then ``"normal"``, or ``("shutdown", x)`` after the ``shutdown_reason`` command
+        self.exit_reason: Any = None
         self._conn = conn
         self._loop = loop
 
@@ -54,8 +56,9 @@ class Pid:
         if conn is not None:
             conn.deliver(msg)
 
-    def _exit(self) -> None:
-        """The process ended: later messages are dropped; it leaves every group."""
+    def _exit(self, reason: Any = "normal") -> None:
+        """The process ended with ``reason``: later messages are dropped; it leaves every group."""
+        self.exit_reason = reason
         self._conn = None
         _groups.leave_all(self)
 

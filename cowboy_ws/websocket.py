@@ -176,7 +176,8 @@ class WebSocketProcess:
         events = self.conn.receive_data(data)
         if events:
             self._dispatch(events)
-        if self.conn.has_data_to_send:
+        # the peer's Close answering ours completes the closing handshake: flush finishes (§7.1.1)
+        if self.conn.has_data_to_send or (self._close_after_flush and self.conn.state == CLOSED):
             self.loop.mark_dirty(self)
 
     def flush(self) -> None:
@@ -340,7 +341,7 @@ class WebSocketProcess:
             self._begin_close("stop", code, data)
             return
         if kind == "text" or kind == "binary":
-            self.conn.send_message(kind, data)
+            self.conn.send_message(kind, _iodata(data))  # iodata may nest lists
         elif kind == "ping":
             self.conn.send_ping(_iodata(data))
         else:
@@ -353,9 +354,9 @@ class WebSocketProcess:
             return
         if self.conn.compress:
             kind, data, _code = normalize_frame(frame)
-            self.conn.send_message(kind, data)
+            self.conn.send_message(kind, _iodata(data))
         else:
-            self._pending.append(wire)
+            self.conn.send_serialized(wire)
         self.loop.mark_dirty(self)
 
     def _hibernate(self) -> None:
@@ -457,7 +458,8 @@ class WebSocketProcess:
             pass
         self._pending = []
         self._mailbox.clear()
-        self.pid._exit()
+        # Cowboy exits with {shutdown, Reason} after the shutdown_reason command, else normal.
+        self.pid._exit("normal" if self.shutdown_reason == "normal" else ("shutdown", self.shutdown_reason))
         self.server._forget(self)
         terminate = getattr(self.handler, "terminate", None)
         if terminate is not None:

@@ -410,3 +410,25 @@ def test_deflate_messages_through_connection():
     comp = client.deflate.compress(b"fragmented " * 50)
     wire = c(OP_TEXT, comp[:10], fin=False, rsv1=True) + c(OP_CONT, comp[10:])
     assert server.receive_data(wire) == [("text", b"fragmented " * 50)]
+
+
+def test_send_serialized_keeps_order():
+    """A frame serialized once for many connections keeps its place among queued frames."""
+    conn = Connection()
+    conn.send_text("r1")
+    conn.send_serialized(serialize_frame(OP_TEXT, b"b"))
+    conn.send_text("r2")
+    assert [f[2] for f in sent_frames(conn)] == [b"r1", b"b", b"r2"]
+    with pytest.raises(UsageError):
+        Connection("client").send_serialized(b"\x81\x00")
+
+
+def test_binary_frame_in_many_chunks_is_not_peeked():
+    """Fail-fast UTF-8 peeking only looks at text frames: a big binary frame in small reads stays linear."""
+    conn = Connection(max_frame_size=None)
+    wire = c(OP_BINARY, bytes(1 << 20))
+    events = []
+    for i in range(0, len(wire), 4096):
+        events += conn.receive_data(wire[i:i + 4096])
+    assert events == [("binary", bytes(1 << 20))]
+    assert conn._partial_checked == 0

@@ -157,12 +157,15 @@ class Connection:
 
     def _check_partial_text(self) -> None:
         """Validate the received part of an incomplete text frame (RFC 6455 §8.1: fail fast)."""
-        partial = self._parser.peek_partial(self._partial_checked)
-        if partial is None:
+        head = self._parser.pending_frame()
+        if head is None:
             return
-        opcode, rsv1, chunk = partial
+        opcode, rsv1 = head
         if rsv1 or not (opcode == OP_TEXT and self._msg_kind is None
                         or opcode == OP_CONT and self._msg_kind == "text" and not self._msg_compressed):
+            return
+        chunk = self._parser.peek_partial(self._partial_checked)
+        if chunk is None:
             return
         if self._utf8 is None:
             self._utf8 = Utf8Validator()
@@ -311,6 +314,17 @@ class Connection:
         """Queue one raw fragment (RFC 6455 §5.4), uncompressed; the caller keeps the order rules."""
         self._check_open()
         self._out.append(self._frame(opcode, _as_bytes(data), fin=fin))
+
+    def send_serialized(self, frame: bytes) -> None:
+        """Queue a complete frame serialized elsewhere (a broadcast framed once for many connections).
+
+        It keeps its place among the other queued frames.  Only for a server
+        (unmasked frames) without compression on this message.
+        """
+        self._check_open()
+        if self._mask_key is not None:
+            raise UsageError("a client must mask each frame itself (RFC 6455 §5.3)")
+        self._out.append(frame)
 
     def send_ping(self, data: BytesLike | str = b"") -> None:
         """Queue a Ping (RFC 6455 §5.5.2)."""

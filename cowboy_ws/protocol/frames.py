@@ -89,11 +89,17 @@ class FrameParser:
         if not self._buf:
             self._buf = bytearray()
 
-    def peek_partial(self, offset: int) -> tuple[int, int, bytes] | None:
+    def pending_frame(self) -> tuple[int, int] | None:
+        """``(opcode, rsv1)`` of the incomplete frame at the head of the buffer, if any."""
+        buf = self._buf
+        return (buf[0] & 0x0F, buf[0] & 0x40) if buf else None
+
+    def peek_partial(self, offset: int) -> bytes | None:
         """The buffered payload of the incomplete frame from ``offset`` on, unmasked (§5.3).
 
-        Returns ``(opcode, rsv1, payload_part)`` or None if no byte past
-        ``offset`` is buffered yet.  The header was already checked by ``feed``.
+        None if no byte past ``offset`` is buffered yet.  The header was
+        already checked by ``feed``; only the new bytes are unmasked, so
+        peeking at a frame as it arrives costs O(frame size) in all.
         """
         buf = self._buf
         n = len(buf)
@@ -112,7 +118,7 @@ class FrameParser:
             key = buf[start - offset - 4:start - offset]
             shift = offset & 3
             part = mask(part, bytes(key[shift:] + key[:shift]))
-        return buf[0] & 0x0F, buf[0] & 0x40, bytes(part)
+        return bytes(part)
 
     def feed(self, data: BytesLike) -> list[Frame]:
         """Consume ``data``; return every frame it completes, in order (RFC 6455 §5.2)."""
