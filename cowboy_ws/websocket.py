@@ -239,6 +239,8 @@ class WebSocketProcess:
                 mailbox.clear()
                 return
             self._call(self._info, mailbox.popleft(), self.state)
+        if self.conn.has_data_to_send:
+            self.loop.mark_dirty(self)
         if mailbox and not self._mailbox_scheduled:
             self._mailbox_scheduled = True
             self.loop.call_soon(self._drain_mailbox)
@@ -248,6 +250,20 @@ class WebSocketProcess:
         _set_self(self.pid)
         try:
             result = callback(*args)
+            # Fast paths for the two commonest results; everything else goes through _apply.
+            if type(result) is tuple and self.reason is None:
+                n = len(result)
+                if n == 3 and result[0] == "reply":
+                    frame = result[1]
+                    if type(frame) is tuple and len(frame) == 2 and type(frame[1]) is bytes \
+                            and (frame[0] == "text" or frame[0] == "binary"):
+                        self.state = result[2]
+                        if self.conn.can_send:
+                            self.conn.send_message(frame[0], frame[1])
+                        return
+                elif n == 2 and result[0] == "ok":
+                    self.state = result[1]
+                    return
             self._apply(result)
         except Exception as exc:  # any handler bug: crash this connection only
             self._crash("error", exc)
@@ -273,9 +289,8 @@ class WebSocketProcess:
             self.state = result[2]
             hibernate = self._hibernate_flag(result, 3)
             frames = result[1]
-            commands = frames if isinstance(frames, list) else [frames]
-            for frame in commands:
-                normalize_frame(frame)  # validate before anything is sent
+            # validate every frame before anything is sent
+            commands = [normalize_frame(f) for f in (frames if isinstance(frames, list) else [frames])]
         elif tag == "stop" and n == 2:
             self.state = result[1]
             self._begin_close("stop", closecodes.NORMAL)
@@ -283,7 +298,8 @@ class WebSocketProcess:
         elif isinstance(tag, list) and n in (2, 3):
             self.state = result[1]
             hibernate = self._hibernate_flag(result, 2)
-            commands = tag
+            commands = [c if isinstance(c, tuple) and c and c[0] in _COMMANDS else normalize_frame(c)
+                        for c in tag]
         else:
             raise BadResult(f"callback returned {result!r}, not a call result")
         for command in commands:
@@ -299,9 +315,10 @@ class WebSocketProcess:
             raise BadResult(f"expected 'hibernate' as the last element of {result!r}")
         return True
 
-    def _command(self, command: Any) -> None:
-        if isinstance(command, tuple) and command and command[0] in _COMMANDS:
-            name = command[0]
+    def _command(self, command: tuple) -> None:
+        """Run one command, or send one frame already normalized to ``(kind, data, code)``."""
+        name = command[0]
+        if name in _COMMANDS:
             if len(command) != 2:
                 raise BadResult(f"invalid command {command!r}")
             value = command[1]
@@ -332,8 +349,8 @@ class WebSocketProcess:
             else:
                 raise BadResult(f"set_options: unknown option {key!r}")
 
-    def _send_frame(self, frame: Any) -> None:
-        kind, data, code = normalize_frame(frame)
+    def _send_frame(self, frame: tuple) -> None:
+        kind, data, code = frame
         if not self.conn.can_send or self.reason is not None:
             return  # frames queued after a close frame are dropped
         if kind == "close":

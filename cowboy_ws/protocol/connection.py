@@ -173,9 +173,21 @@ class Connection:
         self._partial_checked += len(chunk)
 
     def _handle_frames(self, frames: Any, events: list[Event]) -> None:
+        append = events.append
         try:
             for frame in frames:
-                if self.state == CLOSED:
+                opcode, fin, rsv1, payload = frame
+                # fast path: a whole uncompressed data message while open
+                if (fin and not rsv1 and (opcode == OP_TEXT or opcode == OP_BINARY) and self.state is OPEN
+                        and self._msg_kind is None and not self._partial_checked):
+                    if opcode == OP_TEXT:
+                        if self.validate_utf8 and not validate_utf8(payload):
+                            raise InvalidUtf8("text message is not valid UTF-8 (RFC 6455 §8.1)")
+                        append(("text", payload))
+                    else:
+                        append(("binary", payload))
+                    continue
+                if self.state is CLOSED:
                     return
                 self._handle_frame(frame, events)
         except ProtocolError as exc:
@@ -286,21 +298,27 @@ class Connection:
 
     def send_message(self, kind: str, data: BytesLike | str | list) -> None:
         """Queue a whole text or binary message, compressed when negotiated (RFC 7692 §6)."""
-        self._check_open()
+        if self.state is not OPEN and self._close_reply is None:
+            self._check_open()
         opcode = OP_TEXT if kind == "text" else OP_BINARY
-        if isinstance(data, list):
-            data = b"".join(_as_bytes(part) for part in data)
-        else:
-            data = _as_bytes(data)
-        deflate = self.deflate
-        if self.compress and deflate is not None and deflate.should_compress(len(data)):
-            self._out.append(self._frame(opcode, deflate.compress(data), rsv1=True))
-        elif self._mask_key is None and len(data) > 65536:
-            # large payload: header and payload go out as two buffers, no copy here
-            self._out.append(frame_header(opcode, len(data)))
-            self._out.append(data if isinstance(data, bytes) else bytes(data))
-        else:
+        if type(data) is not bytes:
+            if isinstance(data, list):
+                data = b"".join(_as_bytes(part) for part in data)
+            else:
+                data = _as_bytes(data)
+        n = len(data)
+        if self.compress and self.deflate.should_compress(n):  # type: ignore[union-attr]
+            self._out.append(self._frame(opcode, self.deflate.compress(data), rsv1=True))  # type: ignore[union-attr]
+        elif self._mask_key is not None:
             self._out.append(self._frame(opcode, data))
+        elif n < 126:  # the common small server frame: one allocation
+            self._out.append(bytes((0x80 | opcode, n)) + data)
+        elif n > 65536:
+            # large payload: header and payload go out as two buffers, no copy here
+            self._out.append(frame_header(opcode, n))
+            self._out.append(data if type(data) is bytes else bytes(data))
+        else:
+            self._out.append(frame_header(opcode, n) + data)
 
     def send_text(self, data: BytesLike | str) -> None:
         """Queue a text message (RFC 6455 §5.6)."""

@@ -31,6 +31,7 @@ from typing import Union
 from .errors import FrameError, MessageTooBig, ProtocolError, UsageError
 from .limits import MAX_CONTROL_PAYLOAD
 from .kernels import mask
+from .mask import TRANSLATE_THRESHOLD
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
@@ -146,6 +147,7 @@ class FrameParser:
         append = frames.append
         mask_bit = 0x80 if self.mask_required else 0
         limit = self.max_frame_size
+        from_bytes = int.from_bytes
         while n - pos >= 2:
             b0 = data[pos]
             b1 = data[pos + 1]
@@ -187,7 +189,12 @@ class FrameParser:
                 end = start + 4 + length
                 if end > n:
                     break
-                payload = mask(data[start + 4:end], data[start:start + 4]) if length else b""
+                if length < TRANSLATE_THRESHOLD:  # mask.mask's small-payload form, inlined (hot path)
+                    payload = (from_bytes(data[start + 4:end], "little")
+                               ^ from_bytes((data[start:start + 4] * ((length >> 2) + 1))[:length], "little")
+                               ).to_bytes(length, "little")
+                else:
+                    payload = mask(data[start + 4:end], data[start:start + 4])
             else:
                 end = start + length
                 if end > n:
