@@ -29,6 +29,8 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from . import __version__
+from .options import (HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_SEND_BUFFER, PING_TIMEOUT,
+                      SEND_HIGH_WATER)
 
 log = logging.getLogger("cowboy_ws")
 
@@ -72,6 +74,34 @@ def _limit(what: str):
     return parse
 
 
+def _positive_int(what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive integer, not {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def _positive_float(what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = 0.0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive number, not {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -103,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve wss:// with this certificate chain (PEM)")
     net.add_argument("--keyfile", metavar="PEM",
                      help="private key for --certfile (default: read from the certificate file)")
+    net.add_argument("--max-connections", type=_positive_int("max_connections"), metavar="N",
+                     help="open connections (handshaking or upgraded) kept at once; past it new clients "
+                          f"get 503 (default: {MAX_CONNECTIONS})")
+    net.add_argument("--handshake-timeout", type=_positive_float("handshake_timeout"), metavar="SECONDS",
+                     help="deadline from accept for the TLS handshake and the whole request head; "
+                          f"slower clients get 408 or are closed (default: {HANDSHAKE_TIMEOUT:g})")
+    net.add_argument("--allowed-origin", action="append", metavar="ORIGIN", dest="allowed_origins",
+                     help="accept WebSocket upgrades only from this Origin (repeat for several; 'null' "
+                          "allows requests without Origin); others get 403 (default: any origin)")
     ws = parser.add_argument_group("websocket options (cowboy_websocket:opts())")
     ws.add_argument("--compress", action="store_true",
                     help="accept permessage-deflate (RFC 7692) when the client offers it")
@@ -112,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     ws.add_argument("--idle-timeout", type=_limit("idle_timeout"), metavar="MS",
                     help="close a connection that received nothing for MS milliseconds "
                          "(default: 60000; 'infinity' disables)")
+    ws.add_argument("--ping-interval", type=_limit("ping_interval"), metavar="MS",
+                    help="send a keepalive ping every MS milliseconds (default: off)")
+    ws.add_argument("--ping-timeout", type=_positive_int("ping_timeout"), metavar="MS",
+                    help="close with 1011 when nothing arrives within MS ms of a keepalive ping "
+                         f"(default: {PING_TIMEOUT})")
+    ws.add_argument("--max-send-buffer", type=_limit("max_send_buffer"), metavar="BYTES",
+                    help="close with 1008 a peer that does not read while this much waits to be sent "
+                         f"(default: {MAX_SEND_BUFFER}; reading pauses above {SEND_HIGH_WATER})")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                         help="logging level (default: %(default)s)")
@@ -203,12 +250,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_options["max_frame_size"] = args.max_frame_size
     if args.idle_timeout is not None:
         ws_options["idle_timeout"] = args.idle_timeout
+    for name in ("ping_interval", "ping_timeout", "max_send_buffer"):
+        if getattr(args, name) is not None:
+            ws_options[name] = getattr(args, name)
+    server_kwargs: dict[str, Any] = {}
+    if args.max_connections is not None:
+        server_kwargs["max_connections"] = args.max_connections
+    if args.handshake_timeout is not None:
+        server_kwargs["handshake_timeout"] = args.handshake_timeout
+    if args.allowed_origins:
+        server_kwargs["allowed_origins"] = [None if o == "null" else o for o in args.allowed_origins]
 
     from .server import Server  # after logging is set up
 
     try:
         server = Server([("_", handler, None)], host=args.host, port=args.port,
-                        ssl_context=ssl_context, ws_options=ws_options)
+                        ssl_context=ssl_context, ws_options=ws_options, **server_kwargs)
     except OSError as exc:
         print(f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
               file=sys.stderr)

@@ -14,7 +14,7 @@ import socket
 import ssl
 from typing import Any
 
-from .options import WebSocketOptions
+from .options import LINGER_TIMEOUT, MAX_LINGERING, WebSocketOptions
 from .process import _set_self
 from .protocol import handshake
 from .protocol.connection import Connection
@@ -27,9 +27,19 @@ log = logging.getLogger(__name__)
 
 
 class HttpConnection:
-    """One accepted socket until it is upgraded or answered."""
+    """One accepted socket until it is upgraded or answered.
 
-    def __init__(self, server: Any, sock: socket.socket, peer: tuple, cid: str) -> None:
+    Every path ends in :meth:`close` within bounded time: the handshake deadline
+    (``Server.handshake_timeout``, counted from accept, never extended by the
+    bytes that trickle in) covers the TLS handshake and the request head; an
+    answer (any 4xx/5xx, or ``init``'s own reply) is followed by a lingering
+    close bounded by :data:`~cowboy_ws.options.LINGER_TIMEOUT`: we send FIN and
+    discard what the client still sends until it closes, so closing with unread
+    input cannot reset the connection before the client has read the answer.
+    """
+
+    def __init__(self, server: Any, sock: socket.socket, peer: tuple, cid: str,
+                 refuse: int | None = None) -> None:
         self.server = server
         self.loop = server.loop
         self.sock = sock
@@ -38,6 +48,9 @@ class HttpConnection:
         self.buf = bytearray()
         self.out = b""
         self.done = False
+        self.refuse = refuse              # answer this status as soon as possible (max_connections)
+        self.counted = refuse is None     # counted against max_connections
+        self.lingering = False
         self.handshaking = isinstance(sock, ssl.SSLSocket)
         self._registered = 0
         self._timer = self.loop.call_later(server.handshake_timeout, self._on_timeout)
@@ -48,6 +61,8 @@ class HttpConnection:
     def start(self) -> None:
         if self.handshaking:
             self._tls_handshake()
+        elif self.refuse:
+            self._refuse_now()
         else:
             self._interest(selectors.EVENT_READ)
 
@@ -73,6 +88,8 @@ class HttpConnection:
             self._tls_handshake()
         elif self.out:
             self._write()
+        elif self.lingering:
+            self._discard()
         else:
             self._read()
 
@@ -85,33 +102,51 @@ class HttpConnection:
         except ssl.SSLWantWriteError:
             self._interest(selectors.EVENT_WRITE)
             return
-        except (ssl.SSLError, OSError) as exc:
+        except (ssl.SSLError, OSError, ValueError) as exc:
             log.info("[%s] TLS handshake failed: %s", self.cid, exc)
             self.close()
             return
         self.handshaking = False
+        if self.refuse:
+            self._refuse_now()
+            return
         self._interest(selectors.EVENT_READ)
         if self.sock.pending():  # type: ignore[attr-defined]
             self._read()
 
+    def _refuse_now(self) -> None:
+        """Over max_connections: a minimal answer, then close (the request is not read)."""
+        self._respond(handshake.build_refusal(self.refuse or 503, headers=[("server", self.server.server_header)],
+                                              body=b"server busy\n"))
+
     def _on_timeout(self) -> None:
-        if not self.done:
-            log.info("[%s] no complete request within %.1fs, closing", self.cid, self.server.handshake_timeout)
-            if self.handshaking or not self.buf:
-                self.close()
-            else:
-                self._respond(handshake.build_refusal(408))
+        if self.done:
+            return
+        if self.out or self.lingering:  # the answer or the lingering close ran out of time
+            self.close()
+            return
+        log.info("[%s] no complete request within %.1fs (%d bytes received%s), closing", self.cid,
+                 self.server.handshake_timeout, len(self.buf), ", in TLS handshake" if self.handshaking else "")
+        if self.handshaking or not self.buf:
+            self.close()
+        else:
+            self._respond(handshake.build_refusal(408, headers=[("server", self.server.server_header)]))
 
     def _read(self) -> None:
         try:
             data = self.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
-        except OSError:
+        except OSError as exc:
+            log.debug("[%s] closed during the request: %s", self.cid, exc)
             self.close()
             return
         if not data:
-            self.close()
+            if self.buf:  # half-closed mid-request: the head can no longer complete
+                log.info("[%s] peer closed after %d bytes of an incomplete request", self.cid, len(self.buf))
+                self._refuse(HandshakeError(400, "incomplete request head"))
+            else:
+                self.close()
             return
         self.buf += data
         try:
@@ -124,7 +159,12 @@ class HttpConnection:
         request, used = parsed
         rest = bytes(self.buf[used:])
         self.buf = bytearray()
-        self._handle(request, rest)
+        try:
+            self._handle(request, rest)
+        except Exception:  # a bug here must cost this request only, with an answer
+            log.exception("[%s] error handling the request", self.cid)
+            if not self.done and not self.out and not self.lingering:
+                self._respond(handshake.build_refusal(500, headers=[("server", self.server.server_header)]))
 
     def _refuse(self, exc: HandshakeError) -> None:
         log.info("[%s] refused %d: %s", self.cid, exc.status, exc)
@@ -132,9 +172,10 @@ class HttpConnection:
         self._respond(handshake.build_refusal(exc.status, headers=headers, body=str(exc).encode() + b"\n"))
 
     def _respond(self, data: bytes) -> None:
-        """Send a final HTTP response, then close."""
+        """Send a final HTTP response, then close (lingering), all within LINGER_TIMEOUT."""
         self.out = data
         self._timer.cancel()
+        self._timer = self.loop.call_later(LINGER_TIMEOUT, self._on_timeout)
         self._write()
 
     def _write(self) -> None:
@@ -149,18 +190,51 @@ class HttpConnection:
         if self.out:
             self._interest(selectors.EVENT_WRITE)
         else:
+            self._linger()
+
+    def _linger(self) -> None:
+        """The answer is written: send FIN, then discard input until the client closes (bounded)."""
+        if self.server._lingering >= MAX_LINGERING:
             self.close()
+            return
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_WR)  # TCP FIN (no TLS close_notify)
+        except OSError:
+            self.close()
+            return
+        self.lingering = True
+        self.server._lingering += 1
+        self._interest(selectors.EVENT_READ)
+
+    def _discard(self) -> None:
+        for _ in range(16):
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except (OSError, ValueError):
+                break
+            if not data:
+                break
+        else:
+            return
+        self.close()
 
     def close(self) -> None:
         if self.done:
             return
         self.done = True
+        if self.lingering:
+            self.lingering = False
+            self.server._lingering -= 1
         self._timer.cancel()
         self._unregister()
         try:
             self.sock.close()
         except OSError:
             pass
+        self.buf = bytearray()
+        self.out = b""
         self.server._forget(self)
 
     # -- the request ---------------------------------------------------------------
@@ -177,6 +251,10 @@ class HttpConnection:
             req.path_info = match.path_info
             upgrade = handshake.is_upgrade_request(request)
             key = handshake.validate_upgrade(request) if upgrade else None
+            if key is not None and server.allowed_origins is not None:
+                origin = req.header("origin")
+                if (origin.lower().rstrip("/") if origin is not None else None) not in server.allowed_origins:
+                    raise HandshakeError(403, f"origin {origin!r} is not allowed")
         except HandshakeError as exc:
             self._refuse(exc)
             return
@@ -228,7 +306,12 @@ class HttpConnection:
         deflate = None
         extensions = None
         if opts.compress:
-            offers = req.parse_header("sec-websocket-extensions") or []
+            try:
+                offers = req.parse_header("sec-websocket-extensions") or []
+            except HandshakeError as exc:
+                self._refuse(exc)
+                _terminate(handler, ("error", "badhandshake"), default_req_filter(req), state, self.cid)
+                return
             negotiated = negotiate_server(offers, opts.deflate_opts)
             if negotiated is not None:
                 extensions, deflate = negotiated

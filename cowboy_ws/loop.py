@@ -34,18 +34,48 @@ def current_loop() -> "Loop | None":
 
 
 class Timer:
-    """A scheduled call; :meth:`cancel` prevents it from running."""
+    """A scheduled call; :meth:`cancel` prevents it from running.
 
-    __slots__ = ("when", "callback", "args", "cancelled")
+    Cancelling drops the callback and its arguments at once: a cancelled timer
+    left in the heap (an idle timeout of a connection that is long gone) must not
+    keep that connection, its socket and its buffers alive until its deadline.
+    """
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+    __slots__ = ("when", "callback", "args", "cancelled", "_loop")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: "Loop | None" = None) -> None:
         self.when = when
         self.callback = callback
         self.args = args
         self.cancelled = False
+        self._loop = loop
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = _noop
+            self.args = ()
+            loop = self._loop
+            if loop is not None:
+                self._loop = None
+                loop._timer_cancelled()
+
+
+def _noop(*_args: Any) -> None:
+    pass
+
+
+def _run_timer(timer: Timer) -> None:
+    """Run a due timer unless it was cancelled after it became due (earlier in the same round)."""
+    if not timer.cancelled:
+        timer.cancelled = True  # fired: cancel_timer() now answers False
+        callback, args = timer.callback, timer.args
+        timer.callback, timer.args = _noop, ()
+        callback(*args)
+
+
+#: Rebuild the timer heap once it holds this many cancelled timers and they are most of it.
+_COMPACT_MIN = 512
 
 
 class Loop:
@@ -58,6 +88,7 @@ class Loop:
         self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._dirty: dict[Any, None] = {}
+        self._cancelled = 0                  # cancelled timers still in the heap
         self._running = False
         self._stopping = False
         self.thread_id: int | None = None
@@ -75,9 +106,18 @@ class Loop:
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Run ``callback(*args)`` after ``delay`` seconds (loop thread only)."""
-        timer = Timer(time.monotonic() + delay, callback, args)
+        timer = Timer(time.monotonic() + delay, callback, args, self)
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
+
+    def _timer_cancelled(self) -> None:
+        """Drop cancelled timers from the heap when they are most of it (connection churn with
+        long timeouts would otherwise grow it by one entry per closed connection)."""
+        self._cancelled += 1
+        if self._cancelled >= _COMPACT_MIN and self._cancelled * 2 > len(self._timers):
+            self._timers[:] = [entry for entry in self._timers if not entry[2].cancelled]  # in place:
+            heapq.heapify(self._timers)                                                 # _run_once holds it
+            self._cancelled = 0
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run ``callback(*args)`` on the next round (loop thread only)."""
@@ -149,8 +189,11 @@ class Loop:
             now = time.monotonic()
             while timers and timers[0][0] <= now:
                 timer = heapq.heappop(timers)[2]
-                if not timer.cancelled:
-                    self._ready.append((timer.callback, timer.args))
+                if timer.cancelled:
+                    self._cancelled -= 1
+                else:
+                    timer._loop = None  # out of the heap: a later cancel() does not count it
+                    self._ready.append((_run_timer, (timer,)))
         ready = self._ready
         for _ in range(len(ready)):
             callback, args = ready.popleft()

@@ -6,6 +6,15 @@ on the calling thread, or :meth:`Server.start` runs it on a background thread.
 :meth:`Server.shutdown` (thread-safe) stops accepting, sends Close 1001 to every
 connection, waits up to the grace period for the closing handshakes, calls
 every ``terminate`` and returns.
+
+Limits (defaults in :mod:`cowboy_ws.options`): ``max_connections`` counts every
+open connection, in handshake or upgraded; past it a new client gets a minimal
+503 and is closed, existing ones are untouched.  ``handshake_timeout`` is an
+absolute deadline from accept.  ``allowed_origins`` refuses a WebSocket upgrade
+whose ``Origin`` is not listed with 403, before ``init``.  Accept failing for
+lack of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) stops
+accepting for a while (backing off up to a second) instead of spinning, and
+logs once per episode.
 """
 
 from __future__ import annotations
@@ -22,15 +31,15 @@ from typing import Any, Iterable
 from . import __version__
 from .http import HttpConnection
 from .loop import Loop
-from .options import WebSocketOptions
+from .options import (ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE,
+                      WebSocketOptions)
 from .router import Router
 
 log = logging.getLogger(__name__)
 
-#: Seconds a client has to complete its request (and TLS handshake).
-HANDSHAKE_TIMEOUT = 10.0
-#: Seconds given to connections to finish their closing handshakes on shutdown.
-SHUTDOWN_GRACE = 5.0
+__all__ = ["Server", "backend", "HANDSHAKE_TIMEOUT", "SHUTDOWN_GRACE", "MAX_CONNECTIONS"]
+
+_ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 _cids = itertools.count(1)
 
@@ -47,17 +56,37 @@ class Server:
     def __init__(self, routes: Router | Iterable[Any], *, host: str = "127.0.0.1", port: int = 8080,
                  ssl_context: ssl.SSLContext | None = None, backlog: int = 1024,
                  ws_options: WebSocketOptions | dict | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, shutdown_grace: float = SHUTDOWN_GRACE) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, shutdown_grace: float = SHUTDOWN_GRACE,
+                 max_connections: int = MAX_CONNECTIONS,
+                 allowed_origins: Iterable[str | None] | None = None) -> None:
         self.router = routes if isinstance(routes, Router) else Router(routes)
         if isinstance(ws_options, dict):
             ws_options = WebSocketOptions().merged(ws_options)
         self.ws_options = ws_options or WebSocketOptions()
         self.ssl_context = ssl_context
+        if not handshake_timeout > 0:
+            raise ValueError(f"handshake_timeout must be > 0, not {handshake_timeout!r}")
+        if not (isinstance(max_connections, int) and max_connections > 0):
+            raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         self.handshake_timeout = handshake_timeout
         self.shutdown_grace = shutdown_grace
+        self.max_connections = max_connections
+        #: None: any Origin; else the allowed Origin values (case-insensitive), None in it allowing
+        #: a request without Origin (non-browser clients), as websockets' ``origins``.
+        self.allowed_origins: frozenset[str | None] | None = None
+        if allowed_origins is not None:
+            if isinstance(allowed_origins, str):
+                allowed_origins = [allowed_origins]
+            self.allowed_origins = frozenset(o.lower().rstrip("/") if isinstance(o, str) else o
+                                             for o in allowed_origins)
         self.server_header = f"cowboy_ws/{__version__}"
         self.loop = Loop()
         self.connections: dict[Any, None] = {}
+        #: connections counted against max_connections (refused ones that linger are not)
+        self.open_connections = 0
+        self.refused_connections = 0       # turned away with 503 since start
+        self._lingering = 0                # refused connections still reading out the client
+        self._backoff = 0.0                # current accept back-off (s); 0 while accept works
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._shutting_down = False
@@ -92,26 +121,52 @@ class Server:
             try:
                 sock, peer = self.sock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept failed (%s): backing off 100 ms", exc)
-                    self.loop.selector.unregister(self.sock)
-                    self.loop.call_later(0.1, self._resume_accept)
-                else:
-                    log.warning("accept failed: %s", exc)
-                return
-            sock.setblocking(False)
+                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                    self._back_off(exc)
+                    return
+                log.warning("accept failed: %s", exc)  # ECONNABORTED and the like: that client only
+                continue
             try:
+                sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            if self.ssl_context is not None:
-                sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            refuse = self.open_connections >= self.max_connections
+            try:
+                if self.ssl_context is not None:
+                    sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except OSError as exc:  # the peer is already gone (ENOTCONN ...)
+                log.info("accept: cannot set up TLS for %s: %s", peer, exc)
+                sock.close()
+                continue
             cid = f"{next(_cids):x}"
-            conn = HttpConnection(self, sock, peer[:2], cid)
+            conn = HttpConnection(self, sock, peer[:2], cid, refuse=503 if refuse else None)
             self.connections[conn] = None
+            if refuse:
+                self.refused_connections += 1
+                log.warning("[%s] %d connections open (max_connections): refusing %s with 503",
+                            cid, self.open_connections, peer[0])
+            else:
+                self.open_connections += 1
             conn.start()
+        if self._backoff:
+            log.info("accepting again (after backing off %.1fs)", self._backoff)
+            self._backoff = 0.0
+
+    def _back_off(self, exc: OSError) -> None:
+        """Out of fds or memory: stop accepting for a while instead of spinning on a readable listener."""
+        first = not self._backoff
+        self._backoff = ACCEPT_BACKOFF if first else min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
+        if first:
+            log.error("accept failed (%s) with %d connections open: pausing accept, retrying every "
+                      "%.1f-%.1fs", exc.strerror or exc, len(self.connections), ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX)
+        try:
+            self.loop.selector.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.loop.call_later(self._backoff, self._resume_accept)
 
     def _resume_accept(self) -> None:
         if not self._shutting_down:
@@ -122,7 +177,8 @@ class Server:
         self.connections[new] = None
 
     def _forget(self, conn: Any) -> None:
-        self.connections.pop(conn, None)
+        if self.connections.pop(conn, False) is None and getattr(conn, "counted", True):
+            self.open_connections -= 1
         if self._shutting_down and not self.connections:
             self.loop.stop()
 

@@ -18,10 +18,11 @@ pytest.importorskip("kosoku", reason="kosoku is in the test extra: pip install -
 import run as autobahn  # noqa: E402
 
 
-def test_autobahn_core_categories(tmp_path):
-    """Every case of categories 1-7, 9, 10 is OK or INFORMATIONAL, and the non-passing set is exactly the expected one."""
+@pytest.mark.parametrize("backend", autobahn.available_backends())
+def test_autobahn_core_categories(tmp_path, backend):
+    """Every case of categories 1-7, 9, 10 is OK or INFORMATIONAL on each backend; the non-passing set is exactly the expected one."""
     expected = set(json.loads((ROOT / "autobahn" / "expected_failures.json").read_text()))
-    outcome = autobahn.run_backend("python", autobahn.QUICK_CATEGORIES, 2, tmp_path)
+    outcome = autobahn.run_backend(backend, autobahn.QUICK_CATEGORIES, 2, tmp_path)
     assert outcome["errors"] == []
     assert outcome["missing"] == {}
     assert len(outcome["results"]) == 301

@@ -54,6 +54,7 @@ CLOSING = "closing"    # this side sent a Close frame and waits for the peer's (
 CLOSED = "closed"      # the closing handshake is done or the connection was failed
 
 _KIND = {OP_TEXT: "text", OP_BINARY: "binary"}
+_MAX_PARTS = 32  # fragments kept as separate objects before they are merged into one buffer
 
 
 def encode_close_payload(code: int | None, reason: BytesLike | str = b"") -> bytes:
@@ -245,10 +246,22 @@ class Connection:
             else:
                 self._utf8.feed(payload, bool(fin))
         if payload:
-            self._msg_parts.append(payload)
+            parts = self._msg_parts
+            parts.append(payload)
+            if len(parts) > _MAX_PARTS:
+                # A flood of tiny fragments: one growing buffer, not a list of small objects
+                # (about 40 bytes of overhead each: a 1-byte fragment flood would hold 40x the limit).
+                head = parts[0]
+                if type(head) is not bytearray:
+                    head = bytearray(head)
+                for part in parts[1:]:
+                    head += part
+                self._msg_parts = [head]
         if fin:
             parts = self._msg_parts
             data = parts[0] if len(parts) == 1 else b"".join(parts)
+            if type(data) is bytearray:
+                data = bytes(data)
             if self.state is OPEN:
                 events.append((self._msg_kind, data))
             self._msg_kind = None

@@ -20,16 +20,23 @@ is buffered:
 * The configured ``max_frame_size`` bounds the payload length, so an oversized
   payload is refused (1009) before a byte of it is kept.
 
+:func:`serialize_frames` encodes a batch of frames into one buffer.  Both
+batch functions have a C mirror (``_speedups``): when :mod:`.kernels` selects
+the C backend, ``FrameParser._parse`` is the C parser (the pure-Python one stays
+as ``FrameParser._parse_py``, the reference) and ``kernels.serialize_frames``
+the C serializer.
+
 Message-level rules (continuation without a start, a new start inside a
 fragmented message, close payloads, UTF-8) belong to :mod:`.connection`.
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Iterable, Union
 
 from .errors import FrameError, MessageTooBig, ProtocolError, UsageError
 from .limits import MAX_CONTROL_PAYLOAD
+from . import kernels as _kernels
 from .kernels import mask
 from .mask import TRANSLATE_THRESHOLD
 
@@ -142,6 +149,8 @@ class FrameParser:
 
     def _parse(self, data: BytesLike, frames: list[Frame]) -> int:
         """Append the complete frames of ``data`` to ``frames``; return the bytes used."""
+        if type(data) is memoryview:  # the inlined unmask below repeats the key with `*`
+            data = data.tobytes()
         n = len(data)
         pos = 0
         append = frames.append
@@ -241,3 +250,22 @@ def serialize_frame(opcode: int, payload: BytesLike = b"", *, fin: bool = True, 
     if mask_key is not None:
         return frame_header(opcode, length, fin=fin, rsv1=rsv1, masked=True) + mask_key + mask(payload, mask_key)
     return frame_header(opcode, length, fin=fin, rsv1=rsv1) + payload
+
+
+def serialize_frames(frames: "Iterable[tuple[int, BytesLike, bool, bool, bytes | None]]") -> bytes:
+    """Encode a batch of frames ``(opcode, payload, fin, rsv1, mask_key | None)`` as one buffer (RFC 6455 §5.2).
+
+    The pure-Python reference of the C batch serializer (``kernels.serialize_frames``):
+    the frames' :func:`serialize_frame` encodings, in order, joined.  The first
+    bad frame raises what :func:`serialize_frame` raises for it.
+    """
+    return b"".join([serialize_frame(opcode, payload, fin=fin, rsv1=rsv1, mask_key=mask_key)
+                     for opcode, payload, fin, rsv1, mask_key in frames])
+
+
+# -- backend selection (the one place for frames; kernels.BACKEND decides) ------------
+
+#: The pure-Python parser, the reference, kept whichever backend is active.
+FrameParser._parse_py = FrameParser._parse  # type: ignore[attr-defined]
+if _kernels.BACKEND == "c":
+    FrameParser._parse = _kernels.parse_frames  # type: ignore[assignment,method-assign]

@@ -1,16 +1,65 @@
-"""The one place that picks the kernel backend (mask, UTF-8 validation).
+"""The one place that picks the kernel backend: masking, UTF-8 validation, batch framing.
 
-Today only the pure-Python reference exists (``BACKEND = "python"``); the C
-mirror built from ``_speedups/`` (issue 5) will be selected here, with
-``COWBOY_WS_PURE=1`` forcing pure Python at import.  Every other module imports
-the kernels from here, never from their implementation modules.
+Two backends with the same contracts:
+
+* ``"python"``: the pure-Python reference (:mod:`.mask`, :mod:`.utf8`,
+  ``FrameParser._parse`` and :func:`.frames.serialize_frames`), always there;
+* ``"c"``: the C mirror compiled from ``_speedups/`` into ``cowboy_ws._speedups``
+  (cffi), wrapped by :mod:`._ckernels`.
+
+The C backend is chosen at import when ``cowboy_ws._speedups`` imports and the
+environment variable ``COWBOY_WS_PURE`` is unset or ``0``; ``COWBOY_WS_PURE=1``
+forces pure Python.  ``cowboy_ws.backend()`` returns :data:`BACKEND`.  Every
+other module imports the kernels from here, never from their implementation
+modules; :mod:`.frames` reads :data:`BACKEND` to install :data:`parse_frames`
+as ``FrameParser._parse``.
 """
 
 from __future__ import annotations
 
-from .mask import mask
+import os
+from typing import Any, Callable
+
+from .mask import mask, mask_inplace
 from .utf8 import Utf8Validator, validate_utf8
 
-BACKEND = "python"
+__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "mask", "mask_inplace", "parse_frames",
+           "serialize_frames", "validate_utf8"]
 
-__all__ = ["BACKEND", "Utf8Validator", "mask", "validate_utf8"]
+#: ``"c"`` or ``"python"``.
+BACKEND = "python"
+#: Why the C backend is not active (None when it is).
+C_UNAVAILABLE: str | None = None
+#: The C ``FrameParser._parse`` (None with the Python backend, where the method is the reference).
+parse_frames: Callable[[Any, Any, list], int] | None = None
+
+
+def pure_forced() -> bool:
+    """Whether ``COWBOY_WS_PURE`` asks for pure Python (set to anything but ``""``/``0``/false/no/off)."""
+    return os.environ.get("COWBOY_WS_PURE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+if pure_forced():
+    C_UNAVAILABLE = "COWBOY_WS_PURE is set"
+else:
+    try:
+        from . import _ckernels
+    except ImportError as exc:  # not built (COWBOY_WS_SPEEDUPS=no, no compiler) or broken
+        C_UNAVAILABLE = f"cowboy_ws._speedups does not import: {exc}"
+    else:
+        mask = _ckernels.mask  # noqa: F811
+        mask_inplace = _ckernels.mask_inplace  # noqa: F811
+        Utf8Validator = _ckernels.Utf8Validator  # type: ignore[misc]  # noqa: F811
+        validate_utf8 = _ckernels.validate_utf8  # noqa: F811
+        parse_frames = _ckernels.parse_frames
+        serialize_frames = _ckernels.serialize_frames
+        BACKEND = "c"
+
+
+def __getattr__(name: str) -> Any:
+    # The pure serialize_frames lives in .frames, which imports this module:
+    # look it up lazily (PEP 562) rather than import in a cycle.
+    if name == "serialize_frames":
+        from .frames import serialize_frames as ref
+        return ref
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

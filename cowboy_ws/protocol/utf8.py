@@ -116,7 +116,8 @@ class Utf8Validator:
             self._tail = b""
             data = data[need - len(tail) :]
             start += need - len(tail)
-        if type(data) is memoryview or not data.isascii():
+        # (nothing left after a tail: skip, an empty slice of a strided view cannot be decoded)
+        if data and (type(data) is memoryview or not data.isascii()):
             try:
                 used = utf_8_decode(data, "strict", False)[1]
             except UnicodeDecodeError as exc:

@@ -1,0 +1,425 @@
+/* C mirror of the cowboy_ws kernels: see speedups.h for the contracts.
+ *
+ * The pure-Python modules cowboy_ws/protocol/{mask,utf8,frames}.py are the
+ * reference; tests/test_speedups.py checks this file against them
+ * differentially, and _speedups/valgrind.sh runs those tests under valgrind.
+ */
+#include <string.h>
+
+#include "speedups.h"
+
+/* ---- masking (RFC 6455 §5.3) ------------------------------------------------------------ */
+
+/* A word loop: gcc -O3 (and clang -O2) vectorize it, with a runtime check that
+ * lets dst == src (in place) take the vector path.  On x86-64 with glibc the
+ * kernel is compiled twice, for AVX2 and for baseline SSE2, and the loader's
+ * ifunc resolver picks one for the CPU at load time (target_clones).
+ * -DCW_NO_DISPATCH turns the dispatch off. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__GLIBC__) && !defined(CW_NO_DISPATCH) \
+    && ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && __GNUC__ >= 8))
+#define CW_DISPATCH __attribute__((target_clones("avx2", "default")))
+#else
+#define CW_DISPATCH
+#endif
+
+/* dst[i] = src[i] ^ kk[i % 8] where kk, the key written twice, is k8's bytes. */
+CW_DISPATCH
+void cw_mask_kernel(unsigned char *dst, const unsigned char *src, size_t n, uint64_t k8)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= k8;
+        memcpy(dst + i, &w, 8);
+    }
+    if (i < n) {
+        unsigned char kk[8];
+        memcpy(kk, &k8, 8);
+        for (; i < n; i++)
+            dst[i] = src[i] ^ kk[i & 7];
+    }
+}
+
+void cw_mask(char *dst, const char *src, size_t n, const char *key)
+{
+    unsigned char kk[8];
+    uint64_t k8;
+    memcpy(kk, key, 4);
+    memcpy(kk + 4, key, 4);
+    memcpy(&k8, kk, 8); /* byte order independent: memory order is kept */
+    cw_mask_kernel((unsigned char *)dst, (const unsigned char *)src, n, k8);
+}
+
+/* ---- UTF-8 (RFC 3629 §4, RFC 6455 §8.1) ---------------------------------------------------
+ *
+ * A DFA over the RFC 3629 §4 grammar with 9 states, in the "shift" layout: a
+ * state is a bit offset (a multiple of 6) and utf8_rows[b] packs, for every
+ * state s, the next state at bits s..s+5, so one step is
+ *     st = utf8_rows[b] >> (st & 63)
+ * and the only dependency from byte to byte is one shift.
+ *
+ *   0  ACCEPT  on a character boundary
+ *   6  REJECT  (absorbing)
+ *  12  one continuation byte (80..BF) to go
+ *  18  two to go
+ *  24  after E0: A0..BF, then one     (no overlong 3-byte forms)
+ *  30  after ED: 80..9F, then one     (no surrogates D800..DFFF)
+ *  36  after F1..F3: three to go
+ *  42  after F0: 90..BF, then two     (no overlong 4-byte forms)
+ *  48  after F4: 80..8F, then two     (nothing above U+10FFFF)
+ *
+ * Leads C0, C1 and F5..FF, and continuation bytes where a character starts,
+ * go to REJECT.  The table was generated from that list (one row per byte). */
+
+#define U_ACCEPT 0
+#define U_REJECT 6
+
+static const uint64_t utf8_rows[256] = {
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 00..03 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 04..07 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 08..0B */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 0C..0F */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 10..13 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 14..17 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 18..1B */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 1C..1F */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 20..23 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 24..27 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 28..2B */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 2C..2F */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 30..33 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 34..37 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 38..3B */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 3C..3F */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 40..43 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 44..47 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 48..4B */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 4C..4F */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 50..53 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 54..57 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 58..5B */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 5C..5F */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 60..63 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 64..67 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 68..6B */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 6C..6F */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 70..73 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 74..77 */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 78..7B */
+    0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull, 0x06186186186180ull,  /* 7C..7F */
+    0x12192306300186ull, 0x12192306300186ull, 0x12192306300186ull, 0x12192306300186ull,  /* 80..83 */
+    0x12192306300186ull, 0x12192306300186ull, 0x12192306300186ull, 0x12192306300186ull,  /* 84..87 */
+    0x12192306300186ull, 0x12192306300186ull, 0x12192306300186ull, 0x12192306300186ull,  /* 88..8B */
+    0x12192306300186ull, 0x12192306300186ull, 0x12192306300186ull, 0x12192306300186ull,  /* 8C..8F */
+    0x06492306300186ull, 0x06492306300186ull, 0x06492306300186ull, 0x06492306300186ull,  /* 90..93 */
+    0x06492306300186ull, 0x06492306300186ull, 0x06492306300186ull, 0x06492306300186ull,  /* 94..97 */
+    0x06492306300186ull, 0x06492306300186ull, 0x06492306300186ull, 0x06492306300186ull,  /* 98..9B */
+    0x06492306300186ull, 0x06492306300186ull, 0x06492306300186ull, 0x06492306300186ull,  /* 9C..9F */
+    0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull,  /* A0..A3 */
+    0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull,  /* A4..A7 */
+    0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull,  /* A8..AB */
+    0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull,  /* AC..AF */
+    0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull,  /* B0..B3 */
+    0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull,  /* B4..B7 */
+    0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull,  /* B8..BB */
+    0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull, 0x0649218c300186ull,  /* BC..BF */
+    0x06186186186186ull, 0x06186186186186ull, 0x0618618618618cull, 0x0618618618618cull,  /* C0..C3 */
+    0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull,  /* C4..C7 */
+    0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull,  /* C8..CB */
+    0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull,  /* CC..CF */
+    0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull,  /* D0..D3 */
+    0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull,  /* D4..D7 */
+    0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull,  /* D8..DB */
+    0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull, 0x0618618618618cull,  /* DC..DF */
+    0x06186186186198ull, 0x06186186186192ull, 0x06186186186192ull, 0x06186186186192ull,  /* E0..E3 */
+    0x06186186186192ull, 0x06186186186192ull, 0x06186186186192ull, 0x06186186186192ull,  /* E4..E7 */
+    0x06186186186192ull, 0x06186186186192ull, 0x06186186186192ull, 0x06186186186192ull,  /* E8..EB */
+    0x06186186186192ull, 0x0618618618619eull, 0x06186186186192ull, 0x06186186186192ull,  /* EC..EF */
+    0x061861861861aaull, 0x061861861861a4ull, 0x061861861861a4ull, 0x061861861861a4ull,  /* F0..F3 */
+    0x061861861861b0ull, 0x06186186186186ull, 0x06186186186186ull, 0x06186186186186ull,  /* F4..F7 */
+    0x06186186186186ull, 0x06186186186186ull, 0x06186186186186ull, 0x06186186186186ull,  /* F8..FB */
+    0x06186186186186ull, 0x06186186186186ull, 0x06186186186186ull, 0x06186186186186ull,  /* FC..FF */
+};
+
+#define U_STEP(st, b) (utf8_rows[(b)] >> ((st) & 63))
+#define U_ERROR(i, inside) (-(int64_t)(2 + 2 * (uint64_t)(i) + ((inside) ? 1 : 0)))
+
+/* The DFA one byte at a time over p[a..b) from *st, stopping on the first bad
+ * byte: returns 0 (and the new state in *st) or U_ERROR of that byte. */
+static int64_t utf8_exact(const unsigned char *p, size_t a, size_t b, uint64_t *st)
+{
+    uint64_t s = *st & 63;
+    size_t i;
+    for (i = a; i < b; i++) {
+        uint64_t prev = s;
+        s = (utf8_rows[p[i]] >> prev) & 63;
+        if (s == U_REJECT)
+            return U_ERROR(i, prev != U_ACCEPT);
+    }
+    *st = s;
+    return 0;
+}
+
+/* Non-ASCII-heavy text: U_CHUNK bytes from a character boundary as 4 slices
+ * (cut just before a non-continuation byte), run as 4 interleaved DFA chains:
+ * the one-shift dependency per byte of a single chain is what limits it.
+ * Returns the state at the chunk's end, or U_REJECT when the chunk must be
+ * rerun byte by byte (a bad byte, or a slice not ending on a boundary). */
+#define U_CHUNK 256
+
+static uint64_t utf8_chunk4(const unsigned char *p)
+{
+    const unsigned char *q0, *q1, *q2, *q3;
+    size_t cut[5], l0, l1, l2, l3, m, k;
+    uint64_t s0 = U_ACCEPT, s1 = U_ACCEPT, s2 = U_ACCEPT, s3 = U_ACCEPT;
+    int j;
+    cut[0] = 0;
+    cut[4] = U_CHUNK;
+    for (j = 1; j < 4; j++) {
+        size_t c = (size_t)j * (U_CHUNK / 4);
+        int back = 0;
+        while (back < 3 && (p[c] & 0xC0) == 0x80) {
+            c--;
+            back++;
+        }
+        cut[j] = c;
+    }
+    q0 = p + cut[0];
+    q1 = p + cut[1];
+    q2 = p + cut[2];
+    q3 = p + cut[3];
+    l0 = cut[1] - cut[0];
+    l1 = cut[2] - cut[1];
+    l2 = cut[3] - cut[2];
+    l3 = cut[4] - cut[3];
+    m = l0 < l1 ? l0 : l1;
+    m = m < l2 ? m : l2;
+    m = m < l3 ? m : l3;
+    for (k = 0; k < m; k++) {
+        s0 = U_STEP(s0, q0[k]);
+        s1 = U_STEP(s1, q1[k]);
+        s2 = U_STEP(s2, q2[k]);
+        s3 = U_STEP(s3, q3[k]);
+    }
+    for (k = m; k < l0; k++)
+        s0 = U_STEP(s0, q0[k]);
+    for (k = m; k < l1; k++)
+        s1 = U_STEP(s1, q1[k]);
+    for (k = m; k < l2; k++)
+        s2 = U_STEP(s2, q2[k]);
+    for (k = m; k < l3; k++)
+        s3 = U_STEP(s3, q3[k]);
+    if ((s0 & 63) != U_ACCEPT || (s1 & 63) != U_ACCEPT || (s2 & 63) != U_ACCEPT)
+        return U_REJECT;
+    return s3 & 63;
+}
+
+int64_t cw_utf8_feed(const char *data, size_t n, int64_t state)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    uint64_t st = (uint64_t)state & 63;
+    size_t pending = (size_t)((uint64_t)state >> 8);
+    size_t i = 0;
+
+    while (i < n) {
+        size_t start, end, skipped_from;
+        uint64_t saved;
+        if (st != U_ACCEPT) {
+            /* inside a character: at most 3 more bytes, one at a time */
+            uint64_t prev = st;
+            st = (utf8_rows[p[i]] >> prev) & 63;
+            if (st == U_REJECT)
+                return U_ERROR(i, 1);
+            i++;
+            continue;
+        }
+        /* ASCII fast path, 16 bytes at a time */
+        skipped_from = i;
+        while (n - i >= 16) {
+            uint64_t a, b;
+            memcpy(&a, p + i, 8);
+            memcpy(&b, p + i + 8, 8);
+            if ((a | b) & 0x8080808080808080ull)
+                break;
+            i += 16;
+        }
+        if (i == n)
+            break;
+        if (i == skipped_from && n - i >= U_CHUNK) {
+            /* no ASCII run: mostly non-ASCII text, 4 chains at once */
+            st = utf8_chunk4(p + i);
+            if (st == U_REJECT) {
+                int64_t r;
+                st = U_ACCEPT;
+                r = utf8_exact(p, i, i + U_CHUNK, &st);
+                if (r)
+                    return r;
+            }
+            i += U_CHUNK;
+            continue;
+        }
+        /* a block of at most 16 bytes; REJECT is absorbing, so one check is enough */
+        start = i;
+        end = n - i > 16 ? i + 16 : n;
+        saved = st;
+        for (; i < end; i++)
+            st = U_STEP(st, p[i]);
+        st &= 63;
+        if (st == U_REJECT) {
+            int64_t r;
+            st = saved;
+            r = utf8_exact(p, start, end, &st);
+            if (r)
+                return r;
+        }
+    }
+    if (st == U_ACCEPT)
+        return 0;
+    {
+        /* the unfinished character: its lead is the last byte that is not a
+         * continuation byte, if this piece holds it */
+        size_t k = 0;
+        while (k < n && (p[n - 1 - k] & 0xC0) == 0x80)
+            k++;
+        pending = k < n ? k + 1 : pending + n;
+    }
+    return (int64_t)((pending << 8) | st);
+}
+
+/* ---- frames (RFC 6455 §5.2) --------------------------------------------------------------- */
+
+static uint64_t load_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    int k;
+    for (k = 0; k < 8; k++)
+        v = (v << 8) | p[k];
+    return v;
+}
+
+int64_t cw_parse_frames(const char *csrc, char *dst, size_t n, size_t pos, int flags, int64_t limit,
+                        int64_t *rec, size_t cap)
+{
+    const unsigned char *buf = (const unsigned char *)csrc;
+    int64_t *out = rec + 4;
+    size_t count = 0;
+    int err = 0;
+    int64_t detail = 0;
+    unsigned mask_bit = (flags & CW_MASK_REQUIRED) ? 0x80 : 0;
+
+    while (n - pos >= 2 && count < cap) {
+        unsigned b0 = buf[pos], b1 = buf[pos + 1];
+        unsigned opcode = b0 & 0x0F;
+        uint64_t length;
+        size_t start, end;
+        if (b0 & 0x70) {
+            if (b0 & 0x30) { err = CW_E_RSV23; break; }
+            if (!(flags & CW_RSV1_ALLOWED)) { err = CW_E_RSV1; break; }
+            if (opcode != 0x1 && opcode != 0x2) { err = CW_E_RSV1_CTRL; break; }
+        }
+        if ((opcode > 0x2 && opcode < 0x8) || opcode > 0xA) {
+            err = CW_E_OPCODE;
+            detail = opcode;
+            break;
+        }
+        length = b1 & 0x7F;
+        if ((opcode & 0x8) && (length > 125 || !(b0 & 0x80))) {
+            err = (b0 & 0x80) ? CW_E_CTRL_LONG : CW_E_CTRL_FRAG;
+            detail = opcode;
+            break;
+        }
+        if ((b1 & 0x80) != mask_bit) {
+            err = mask_bit ? CW_E_UNMASKED : CW_E_MASKED;
+            break;
+        }
+        start = pos + 2;
+        if (length >= 126) {
+            if (length == 126) {
+                if (n - start < 2)
+                    break;
+                length = ((uint64_t)buf[start] << 8) | buf[start + 1];
+                start += 2;
+                if (length < 126) { err = CW_E_LEN16; break; }
+            } else {
+                if (n - start < 8)
+                    break;
+                length = load_be64(buf + start);
+                start += 8;
+                if (length >> 63) { err = CW_E_LEN64_TOP; break; }
+                if (length < 65536) { err = CW_E_LEN64; break; }
+            }
+        }
+        if ((flags & CW_HAS_LIMIT) && (int64_t)length > limit) {
+            err = CW_E_TOO_BIG;
+            detail = (int64_t)length;
+            break;
+        }
+        if (mask_bit) {
+            if (n - start < 4 || (uint64_t)(n - start - 4) < length)
+                break;
+            start += 4;
+            end = start + (size_t)length;
+            if (length)
+                cw_mask(dst + start, csrc + start, (size_t)length, csrc + start - 4);
+        } else {
+            if ((uint64_t)(n - start) < length)
+                break;
+            end = start + (size_t)length;
+        }
+        out[0] = opcode;
+        out[1] = b0 & 0x80;
+        out[2] = b0 & 0x40;
+        out[3] = (int64_t)start;
+        out[4] = (int64_t)end;
+        out += 5;
+        count++;
+        pos = end;
+    }
+    rec[0] = (int64_t)pos;
+    rec[1] = (int64_t)count;
+    rec[2] = err;
+    rec[3] = detail;
+    return (int64_t)count;
+}
+
+int64_t cw_serialize_frames(char *cout, const char *csrc, const char *keys, const int64_t *desc,
+                            size_t count)
+{
+    unsigned char *out = (unsigned char *)cout;
+    const char *src = csrc;
+    const int64_t *ops = desc, *fins = desc + count, *rsv1s = desc + 2 * count, *lens = desc + 3 * count;
+    size_t o = 0, f;
+    for (f = 0; f < count; f++) {
+        int64_t op = ops[f];
+        if (op < 0 || op > 0xF || lens[f] < 0 || ((op & 0x8) && (lens[f] > 125 || !fins[f])))
+            return -(int64_t)f - 1;
+    }
+    for (f = 0; f < count; f++) {
+        uint64_t len = (uint64_t)lens[f];
+        unsigned mbit = keys ? 0x80 : 0;
+        out[o++] = (unsigned char)((fins[f] ? 0x80 : 0) | (rsv1s[f] ? 0x40 : 0) | ops[f]);
+        if (len < 126) {
+            out[o++] = (unsigned char)(mbit | len);
+        } else if (len < 65536) {
+            out[o++] = (unsigned char)(mbit | 126);
+            out[o++] = (unsigned char)(len >> 8);
+            out[o++] = (unsigned char)len;
+        } else {
+            int sh;
+            out[o++] = (unsigned char)(mbit | 127);
+            for (sh = 56; sh >= 0; sh -= 8)
+                out[o++] = (unsigned char)(len >> sh);
+        }
+        if (keys) {
+            memcpy(out + o, keys + 4 * f, 4);
+            o += 4;
+            cw_mask((char *)out + o, src, (size_t)len, keys + 4 * f);
+        } else if (len) {
+            memcpy(out + o, src, (size_t)len);
+        }
+        o += (size_t)len;
+        src += len;
+    }
+    return (int64_t)o;
+}

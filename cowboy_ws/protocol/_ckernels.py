@@ -1,0 +1,396 @@
+"""The C backend of the kernels: thin wrappers around ``cowboy_ws._speedups``.
+
+Each function here has the contract of its pure-Python reference, exceptions
+(class, code, message) included; ``tests/test_speedups.py`` checks that
+differentially.  Selected by :mod:`.kernels`; never import this module elsewhere.
+
+* :func:`mask`, :func:`mask_inplace`: RFC 6455 §5.3, as :mod:`.mask`;
+* :class:`Utf8Validator`, :func:`validate_utf8`: RFC 3629 §4 / RFC 6455 §8.1,
+  as :mod:`.utf8` (a DFA in C keeps the state between calls);
+* :func:`parse_frames`: RFC 6455 §5.2, ``FrameParser._parse`` in one C call;
+* :func:`serialize_frames`: RFC 6455 §5.2, as :func:`.frames.serialize_frames`.
+
+Inputs the C code does not take (non-contiguous views, other buffer types,
+odd arguments) go to the pure-Python reference, so they behave exactly alike.
+The buffer exported by ``ffi.from_buffer`` is released right after each C call
+(before any exception), so a caller's bytearray is never left locked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from cowboy_ws._speedups import ffi, lib  # the compiled kernels (not the runtime): absolute on purpose
+from . import mask as _py_mask_mod
+from . import utf8 as _py_utf8_mod
+from .errors import FrameError, InvalidUtf8, MessageTooBig
+
+__all__ = ["Utf8Validator", "mask", "mask_inplace", "parse_frames", "parse_frames_c", "serialize_frames",
+           "serialize_frames_c", "validate_utf8"]
+
+_alloc = ffi.new_allocator(should_clear_after_alloc=False)
+_from_buffer = ffi.from_buffer
+_release = ffi.release
+_unpack = ffi.unpack
+_c_mask = lib.cw_mask
+_c_utf8_feed = lib.cw_utf8_feed
+_c_parse = lib.cw_parse_frames
+_c_serialize = lib.cw_serialize_frames
+_from_bytes = int.from_bytes
+
+# ---- masking (RFC 6455 §5.3) ---------------------------------------------------------------
+
+#: Below this many bytes :func:`mask` XORs one big integer, as the reference does:
+#: there the cost of the call into C (allocating the result, releasing the GIL)
+#: is more than the work.  Measured with ``python bench/bench_speedups.py``.
+SMALL_MASK = 128
+
+_py_mask = _py_mask_mod.mask
+_py_mask_inplace = _py_mask_mod.mask_inplace
+
+
+def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``key`` cycled over it (RFC 6455 §5.3); a new ``bytes``.
+
+    Same contract as :func:`cowboy_ws.protocol.mask.mask`.
+    """
+    if len(key) != 4:
+        raise ValueError(f"masking key must be 4 bytes, not {len(key)}")
+    cls = type(data)
+    n = data.nbytes if cls is memoryview else len(data)
+    if n < SMALL_MASK:  # the reference's own small-payload form
+        return (_from_bytes(data, "little")
+                ^ _from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
+    if type(key) is not bytes:
+        return _py_mask(data, key)
+    if cls is bytes:
+        out = _alloc("char[]", n)
+        _c_mask(out, data, n, key)
+        return _unpack(out, n)
+    if cls is not bytearray and (cls is not memoryview or not data.c_contiguous):
+        return _py_mask(data, key)
+    src = _from_buffer(data)
+    out = _alloc("char[]", n)
+    _c_mask(out, src, n, key)
+    _release(src)
+    return _unpack(out, n)
+
+
+def mask_inplace(buffer: bytearray | memoryview, key: bytes, offset: int = 0) -> None:
+    """XOR ``buffer[offset:]`` in place with ``key`` from its first octet on (RFC 6455 §5.3).
+
+    Same contract as :func:`cowboy_ws.protocol.mask.mask_inplace`.
+    """
+    if type(key) is not bytes or len(key) != 4 or type(offset) is not int or (
+            type(buffer) is not bytearray and type(buffer) is not memoryview):
+        return _py_mask_inplace(buffer, key, offset)
+    try:
+        p = _from_buffer(buffer, require_writable=True)
+    except (TypeError, BufferError):  # read-only or not contiguous: the reference says which
+        return _py_mask_inplace(buffer, key, offset)
+    n = len(p)
+    if not 0 <= offset <= n:
+        _release(p)
+        return _py_mask_inplace(buffer, key, offset)
+    if n > offset:
+        _c_mask(p + offset, p + offset, n - offset, key)
+    _release(p)
+    return None
+
+
+# ---- UTF-8 (RFC 3629 §4, RFC 6455 §8.1) ---------------------------------------------------
+
+class Utf8Validator:
+    """Incremental UTF-8 validator (RFC 6455 §8.1, RFC 3629 §4) that fails fast; a C DFA.
+
+    Same API and errors as :class:`cowboy_ws.protocol.utf8.Utf8Validator`: the
+    call whose data holds the first impossible octet raises :class:`InvalidUtf8`
+    with that octet's message offset, an impossible prefix at the very end of a
+    piece (``b"\\xed\\xa0"``) included; ``final`` fails on an unfinished character.
+    """
+
+    __slots__ = ("_state", "_offset")
+
+    def __init__(self) -> None:
+        self._state = 0  # the C DFA's state: 0 on a character boundary
+        self._offset = 0  # bytes fed since the last reset, for error messages
+
+    def reset(self) -> None:
+        """Forget any pending partial character and start a new message."""
+        self._state = 0
+        self._offset = 0
+
+    def feed(self, data: bytes | bytearray | memoryview, final: bool = False) -> None:
+        """Validate the next piece of the message (RFC 6455 §8.1).
+
+        Raises :class:`InvalidUtf8` as soon as ``data`` makes the message
+        invalid, or, when ``final`` is true, if the message ends inside a
+        character. After ``final`` (or an error) the validator is reset.
+        """
+        state = self._state
+        cls = type(data)
+        if cls is memoryview:
+            if not data.c_contiguous:
+                data = data.tobytes()
+                cls = bytes
+        elif state == 0 and data.isascii():
+            cls = None
+        if cls is None:
+            n = len(data)
+            r = 0
+        elif cls is bytes:
+            n = len(data)
+            r = _c_utf8_feed(data, n, state)
+        else:
+            p = _from_buffer(data)
+            n = len(p)
+            r = _c_utf8_feed(p, n, state)
+            _release(p)
+        start = self._offset
+        if r < 0:
+            r = -r - 2
+            self._fail(start + (r >> 1), "invalid continuation byte" if r & 1 else "invalid start byte")
+        if final:
+            if r:
+                self._fail(start + n - (r >> 8), "incomplete character at end of message")
+            self._state = 0
+            self._offset = 0
+        else:
+            self._state = r
+            self._offset = start + n
+
+    def _fail(self, offset: int, why: str) -> NoReturn:
+        self.reset()
+        raise InvalidUtf8(f"invalid UTF-8 at message offset {offset}: {why}")
+
+
+def validate_utf8(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` is, as a whole, valid UTF-8 (RFC 3629 §4, RFC 6455 §8.1)."""
+    cls = type(data)
+    if cls is bytes:
+        return data.isascii() or _c_utf8_feed(data, len(data), 0) == 0
+    if cls is memoryview:
+        if not data.c_contiguous:
+            data = data.tobytes()
+            return data.isascii() or _c_utf8_feed(data, len(data), 0) == 0
+    elif data.isascii():
+        return True
+    p = _from_buffer(data)
+    r = _c_utf8_feed(p, len(p), 0)
+    _release(p)
+    return r == 0
+
+
+# ---- frames (RFC 6455 §5.2) ---------------------------------------------------------------
+
+#: Most frames recorded by one C call; more are parsed by calling again.
+_CAP = 512
+#: Size of the pooled buffer masked payloads are unmasked into; larger inputs get their own.
+_SCRATCH = 1 << 16
+_NO_LIMIT = 1 << 63
+_MASK_REQUIRED = lib.CW_MASK_REQUIRED
+_RSV1_ALLOWED = lib.CW_RSV1_ALLOWED
+_HAS_LIMIT = lib.CW_HAS_LIMIT
+_NULL = ffi.NULL
+#: Free (records, scratch) buffer pairs.  list.pop/append are atomic, so each
+#: thread (the C call releases the GIL) takes a pair of its own.
+_pool: list = []
+
+
+#: Inputs shorter than this go to the pure-Python parser: for one or two small
+#: frames the calls into C (about 0.2 µs each) cost more than the parsing.
+#: Measured with ``python bench/bench_speedups.py crossover``.
+PARSE_SMALL = 64
+
+
+def parse_frames(parser: Any, data: Any, frames: list) -> int:
+    """``FrameParser._parse`` with the C backend: :func:`parse_frames_c` unless ``data`` is short."""
+    if len(data) < PARSE_SMALL:
+        return parser._parse_py(data, frames)
+    return parse_frames_c(parser, data, frames)
+
+
+def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
+    """``FrameParser._parse`` in C: append the complete frames of ``data``; return the bytes used.
+
+    Every per-frame rule of RFC 6455 §5.2 is checked in the reference's order;
+    the first broken one raises its :class:`FrameError` / :class:`MessageTooBig`
+    after the frames before it were appended.  ``data`` itself is never
+    modified: masked payloads are unmasked into a copy (a scratch buffer), or
+    in place when ``data`` is the parser's own buffer, which it may consume.
+    """
+    limit = parser.max_frame_size
+    if limit is None:
+        flags = 0
+        lim = 0
+    elif type(limit) is int:
+        if limit >= _NO_LIMIT:
+            flags = 0
+            lim = 0
+        else:
+            flags = _HAS_LIMIT
+            lim = limit if limit >= 0 else -1
+    else:
+        from .frames import FrameParser
+        return FrameParser._parse_py(parser, data, frames)
+    if parser.rsv1_allowed:
+        flags |= _RSV1_ALLOWED
+    cls = type(data)
+    if cls is bytes:
+        src = data
+        n = len(data)
+    elif cls is memoryview and not data.c_contiguous:
+        src = data = data.tobytes()
+        n = len(data)
+    else:
+        src = _from_buffer(data)
+        n = len(src)
+    if n < 2:
+        if src is not data:
+            _release(src)
+        return 0
+    bufs = _pool.pop() if _pool else (_alloc("int64_t[]", 4 + 5 * _CAP), _alloc("char[]", _SCRATCH))
+    rec = bufs[0]
+    if parser.mask_required:
+        flags |= _MASK_REQUIRED
+        if data is parser._buf:
+            dst = src  # the parser drops what it consumed: unmask in place
+        elif n <= _SCRATCH:
+            dst = bufs[1]
+        else:
+            dst = _alloc("char[]", n)
+        out = None  # where the payloads are: dst, copied out once as bytes
+    else:
+        dst = _NULL
+        out = data if src is data else None
+    pos = 0
+    append = frames.append
+    while True:
+        c = _c_parse(src, dst, n, pos, flags, lim, rec, _CAP)
+        v = _unpack(rec, 4 + 5 * c)
+        if c == 1:
+            a = v[7]
+            append((v[4], v[5], v[6], out[a:v[8]] if out is not None
+                    else _unpack((src if dst is _NULL else dst) + a, v[8] - a)))
+        elif c:
+            if out is None:
+                out = _unpack(src if dst is _NULL else dst, v[0])
+            for j in range(4, 4 + 5 * c, 5):  # (a plain loop measured faster than zip/map/slice)
+                append((v[j], v[j + 1], v[j + 2], out[v[j + 3]:v[j + 4]]))
+        pos = v[0]
+        err = v[2]
+        if err or c < _CAP:
+            break
+        if out is not data:
+            out = None
+    _pool.append(bufs)
+    if src is not data:
+        _release(src)
+    if err:
+        _raise(err, v[3], parser)
+    return pos
+
+
+def _raise(err: int, detail: int, parser: Any) -> NoReturn:
+    """The exception ``FrameParser._parse`` raises for a C error code (same class and message)."""
+    from .frames import OPCODE_NAMES
+    if err == lib.CW_E_RSV23:
+        raise FrameError("RSV2/RSV3 set without a negotiated extension (RFC 6455 §5.2)")
+    if err == lib.CW_E_RSV1:
+        raise FrameError("RSV1 set without a negotiated extension (RFC 6455 §5.2)")
+    if err == lib.CW_E_RSV1_CTRL:
+        raise FrameError("RSV1 set on a control or continuation frame (RFC 7692 §6.1)")
+    if err == lib.CW_E_OPCODE:
+        raise FrameError(f"reserved opcode {detail:#x} (RFC 6455 §5.2)")
+    if err == lib.CW_E_CTRL_FRAG:
+        raise FrameError(f"{OPCODE_NAMES[detail]} frame fragmented (RFC 6455 §5.5)")
+    if err == lib.CW_E_CTRL_LONG:
+        raise FrameError(f"{OPCODE_NAMES[detail]} frame longer than 125 bytes (RFC 6455 §5.5)")
+    if err == lib.CW_E_UNMASKED:
+        raise FrameError("unmasked frame from a client (RFC 6455 §5.1)")
+    if err == lib.CW_E_MASKED:
+        raise FrameError("masked frame from a server (RFC 6455 §5.1)")
+    if err == lib.CW_E_LEN16:
+        raise FrameError("16-bit length not minimal (RFC 6455 §5.2)")
+    if err == lib.CW_E_LEN64_TOP:
+        raise FrameError("64-bit length with the top bit set (RFC 6455 §5.2)")
+    if err == lib.CW_E_LEN64:
+        raise FrameError("64-bit length not minimal (RFC 6455 §5.2)")
+    if err == lib.CW_E_TOO_BIG:
+        raise MessageTooBig(f"frame of {detail} bytes exceeds max_frame_size {parser.max_frame_size}")
+    raise AssertionError(f"unknown error code {err} from cw_parse_frames")  # pragma: no cover
+
+
+#: Batches of fewer frames go to the pure-Python serializer: taking a batch apart
+#: and calling C costs about 1.8 µs, the reference about 0.35 µs a plain frame and
+#: 0.8 µs a masked one.  Measured with ``python bench/bench_speedups.py crossover``.
+SERIALIZE_SMALL = 10
+SERIALIZE_SMALL_MASKED = 4
+
+
+def serialize_frames(frames: Any) -> bytes:
+    """Encode frames ``(opcode, payload, fin, rsv1, mask_key | None)`` into one buffer (RFC 6455 §5.2).
+
+    Same contract as :func:`cowboy_ws.protocol.frames.serialize_frames`: one C
+    call checks and writes every header, key and (masked) payload.  The batch is
+    taken apart with C-level builtins (``zip``, ``map``, ``join``), not a Python
+    loop; anything the C code does not take (a bad frame, mixed or odd keys,
+    odd payload types) is handed to the reference, which raises or encodes it.
+    """
+    if type(frames) is not list and type(frames) is not tuple:
+        frames = list(frames)
+    count = len(frames)
+    if count < SERIALIZE_SMALL:
+        if count < SERIALIZE_SMALL_MASKED:
+            return _py_serialize_frames(frames)
+        first = frames[0]
+        if type(first) is not tuple or len(first) != 5 or first[4] is None:
+            return _py_serialize_frames(frames)
+    return serialize_frames_c(frames)
+
+
+def serialize_frames_c(frames: Any) -> bytes:
+    """:func:`serialize_frames` in C at every batch size (a list or tuple of frames)."""
+    count = len(frames)
+    if not count:
+        return b""
+    try:
+        ops, payloads, fins, rsv1s, keys = zip(*frames, strict=True)  # every frame a 5-tuple
+        lens = list(map(len, payloads))
+        src = b"".join(payloads)
+        desc = _new_desc([*ops, *fins, *rsv1s, *lens])
+    except (TypeError, ValueError, OverflowError):  # bad tuples, payloads or flags: the reference says what
+        return _py_serialize_frames(frames)
+    size = len(src)
+    if size != sum(lens):  # a payload whose len() counts items, not bytes
+        return _py_serialize_frames(frames)
+    nones = keys.count(None)
+    if nones == count:
+        kb = _NULL
+    elif nones or set(map(type, keys)) != _BYTES_ONLY or set(map(len, keys)) != _FOUR:
+        return _py_serialize_frames(frames)  # mixed keys, a bad key (the reference's ValueError)
+    else:
+        kb = b"".join(keys)
+    out = _alloc("char[]", size + 14 * count)
+    written = _c_serialize(out, src, kb, desc, count)
+    if written < 0:
+        return _py_serialize_frames(frames)  # the reference's UsageError (or odd opcode)
+    return _unpack(out, written)
+
+
+_BYTES_ONLY = {bytes}
+_FOUR = {4}
+
+
+def _new_desc(desc: list[int]) -> Any:
+    return ffi.new("int64_t[]", desc)
+
+
+def _py_serialize_frames(frames: Any) -> bytes:
+    from .frames import serialize_frames as ref
+    return ref(frames)
+
+
+# The reference modules, for the tests' and benchmarks' convenience.
+py_mask = _py_mask
+py_utf8 = _py_utf8_mod

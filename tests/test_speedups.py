@@ -1,0 +1,554 @@
+"""Differential tests: the C kernels (``cowboy_ws._speedups`` via ``_ckernels``) against the pure-Python reference.
+
+The same random bytes, splits and arguments go to both; outputs, parser events,
+and exceptions (class, close code, message) must be identical.  The pure
+functions are imported from their implementation modules (mask, utf8, frames),
+the C ones from :mod:`cowboy_ws.protocol._ckernels`, so these tests compare the
+two whichever backend ``kernels`` selected (``COWBOY_WS_PURE`` does not matter).
+
+``COWBOY_WS_DIFF_EXAMPLES`` sets hypothesis' example count (default 200);
+``_speedups/valgrind.sh`` runs this module under valgrind with a small one.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import random
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+try:
+    from cowboy_ws.protocol import _ckernels as C
+except ImportError as exc:  # pragma: no cover - depends on the build
+    pytest.skip(f"the C extension cowboy_ws._speedups is not built ({exc}); "
+                "build it with `pip install -e .` (COWBOY_WS_SPEEDUPS=yes to make a failed build fatal)",
+                allow_module_level=True)
+
+from cowboy_ws.protocol import frames as frames_mod
+from cowboy_ws.protocol import kernels
+from cowboy_ws.protocol.errors import ProtocolError
+from cowboy_ws.protocol.frames import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
+                                       FrameParser, serialize_frame)
+from cowboy_ws.protocol.frames import serialize_frames as py_serialize_frames
+from cowboy_ws.protocol.mask import mask as py_mask
+from cowboy_ws.protocol.mask import mask_inplace as py_mask_inplace
+from cowboy_ws.protocol.utf8 import Utf8Validator as PyUtf8Validator
+from cowboy_ws.protocol.utf8 import validate_utf8 as py_validate_utf8
+
+EXAMPLES = int(os.environ.get("COWBOY_WS_DIFF_EXAMPLES", "200"))
+#: Under valgrind (few examples) the exhaustive and large cases are sampled.
+SMALL = EXAMPLES < 100
+DIFF = settings(max_examples=EXAMPLES, deadline=None, database=None if SMALL else settings.default.database,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def outcome(fn, *args, **kw):
+    """("ok", result) or ("raise", class, close code, message): what a call did, for comparing."""
+    try:
+        return ("ok", fn(*args, **kw))
+    except Exception as exc:  # noqa: BLE001 - any difference counts
+        return ("raise", type(exc), getattr(exc, "code", None), str(exc))
+
+
+def test_backend_selected():
+    """kernels selects C when built, unless COWBOY_WS_PURE forces pure Python."""
+    if kernels.pure_forced():
+        assert kernels.BACKEND == "python"
+    else:
+        assert kernels.BACKEND == "c"
+        assert FrameParser._parse is C.parse_frames
+        assert FrameParser._parse_py is not C.parse_frames
+        assert kernels.mask is C.mask and kernels.Utf8Validator is C.Utf8Validator
+    import cowboy_ws
+    assert cowboy_ws.backend() == kernels.BACKEND
+
+
+# ---- masking (RFC 6455 §5.3) ---------------------------------------------------------------
+
+MASK_SIZES = [*range(0, 140), 255, 256, 257, 415, 416, 417, 1023, 1024, 1025, 4095, 4096, 4097,
+              65535, 65536, 65537]
+
+
+def test_mask_sizes_and_alignments():
+    """Every size (both sides of SMALL_MASK and of the vector widths) and every start alignment."""
+    for n in MASK_SIZES[::5] + MASK_SIZES[-6:] if SMALL else MASK_SIZES:
+        check_mask_size(n)
+
+
+def check_mask_size(n):
+    rnd = random.Random(n)
+    base = bytes(rnd.getrandbits(8) for _ in range(n + 64))
+    key = bytes(rnd.getrandbits(8) for _ in range(4))
+    for align in range(0, 33, 1 if n < 300 else 7):
+        data = base[align:align + n]
+        expected = py_mask(data, key)
+        assert C.mask(data, key) == expected
+        assert C.mask(bytearray(data), key) == expected
+        assert C.mask(memoryview(base)[align:align + n], key) == expected
+        buf = bytearray(base)
+        C.mask_inplace(buf, key, align)
+        ref = bytearray(base)
+        py_mask_inplace(ref, key, align)
+        assert buf == ref
+        assert buf[align:] == py_mask(base[align:], key)
+
+
+@DIFF
+@given(data=st.binary(max_size=3000), key=st.binary(min_size=4, max_size=4),
+       lo=st.integers(0, 40), kind=st.sampled_from([bytes, bytearray, memoryview]))
+def test_mask_random(data, key, lo, kind):
+    """mask: same bytes for random data, keys and views into the middle of buffers."""
+    view = kind(data)[lo:]
+    assert outcome(C.mask, view, key) == outcome(py_mask, view, key)
+    assert type(C.mask(view, key)) is bytes
+
+
+@DIFF
+@given(data=st.binary(max_size=3000), key=st.binary(min_size=4, max_size=4), offset=st.integers(-3, 3003),
+       kind=st.sampled_from(["bytearray", "memoryview", "sliced", "bytes", "readonly", "strided", "int32"]))
+def test_mask_inplace_random(data, key, offset, kind):
+    """mask_inplace: same buffer afterwards and same exceptions, for every kind of buffer and offset."""
+    def make():
+        if kind == "bytearray":
+            return bytearray(data), None
+        if kind == "memoryview":
+            b = bytearray(data)
+            return memoryview(b), b
+        if kind == "sliced":
+            b = bytearray(b"xyz" + data)
+            return memoryview(b)[3:], b
+        if kind == "bytes":
+            return data, None
+        if kind == "readonly":
+            return memoryview(data), None
+        if kind == "strided":
+            b = bytearray(data * 2)
+            return memoryview(b)[::2], b
+        a = array.array("i", data[:len(data) // 4 * 4])
+        return a, None
+    c_buf, c_owner = make()
+    p_buf, p_owner = make()
+    assert outcome(C.mask_inplace, c_buf, key, offset) == outcome(py_mask_inplace, p_buf, key, offset)
+    assert bytes(c_buf) == bytes(p_buf)
+    assert c_owner == p_owner
+    if c_owner is not None:  # the C call released its export: the bytearray can be resized again
+        c_buf.release()
+        c_owner.append(0)
+
+
+@pytest.mark.parametrize("key", [b"", b"abc", b"abcde", bytearray(b"abcd"), memoryview(b"abcd"), [1, 2, 3, 4]])
+def test_mask_odd_keys(key):
+    """Keys that are not 4 bytes, or not bytes: the same result or exception."""
+    for data in (b"short", bytes(100), bytearray(300), memoryview(bytes(500))):
+        assert outcome(C.mask, data, key) == outcome(py_mask, data, key)
+        a, b = bytearray(bytes(range(200))), bytearray(bytes(range(200)))
+        assert outcome(C.mask_inplace, a, key) == outcome(py_mask_inplace, b, key)
+        assert a == b
+
+
+def test_mask_odd_data():
+    """Non-contiguous and multi-byte-format views, and other buffers, mask like the reference."""
+    raw = bytes(range(256)) * 8
+    key = b"\x01\x02\x03\x04"
+    for data in (memoryview(raw)[::3], memoryview(raw).cast("I"), memoryview(raw).cast("B", (16, 128)),
+                 array.array("B", raw[:999]), "text", None, 42):
+        assert outcome(C.mask, data, key) == outcome(py_mask, data, key)
+
+
+def test_mask_one_mebibyte():
+    data = os.urandom(1 << 20)
+    key = os.urandom(4)
+    assert C.mask(data, key) == py_mask(data, key)
+    buf = bytearray(data)
+    C.mask_inplace(buf, key)
+    assert buf == py_mask(data, key)
+
+
+# ---- UTF-8 (RFC 3629 §4, RFC 6455 §8.1) ----------------------------------------------------
+
+def feed_all(validator_cls, pieces, finals):
+    """Feed every piece (continuing after errors: both validators reset); every call's outcome."""
+    v = validator_cls()
+    return [outcome(v.feed, piece, final) for piece, final in zip(pieces, finals)]
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+KINDS = [bytes, bytearray, memoryview, lambda b: memoryview(b * 2)[::2] if b else memoryview(b)]
+
+
+def check_utf8(pieces, finals, kinds):
+    typed = [kinds[i % len(kinds)](p) for i, p in enumerate(pieces)]
+    assert feed_all(C.Utf8Validator, typed, finals) == feed_all(PyUtf8Validator, typed, finals)
+    whole = b"".join(pieces)
+    for kind in (bytes, bytearray, memoryview):
+        assert C.validate_utf8(kind(whole)) == py_validate_utf8(kind(whole))
+
+
+def corrupt(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """Apply (position, byte, kind) edits: 0 replace, 1 insert, 2 delete."""
+    b = bytearray(data)
+    for pos, byte, kind in edits:
+        if kind == 1 or not b:
+            b.insert(pos % (len(b) + 1), byte)
+        elif kind == 0:
+            b[pos % len(b)] = byte
+        else:
+            del b[pos % len(b)]
+    return bytes(b)
+
+
+@DIFF
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=6),
+       finals=st.lists(st.booleans(), min_size=8, max_size=8), kinds=st.permutations(KINDS))
+def test_utf8_random_bytes(data, cuts, finals, kinds):
+    """Random bytes, arbitrary splits and final flags: same outcome of every feed call."""
+    check_utf8(split(data, cuts), finals, kinds)
+
+
+@DIFF
+@given(text=st.text(max_size=200), edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0x80, 0xFF),
+                                                            st.integers(0, 2)), max_size=3),
+       cuts=st.lists(st.integers(0, 1000), max_size=6), last_final=st.booleans(),
+       kinds=st.permutations(KINDS))
+def test_utf8_corrupted_text(text, edits, cuts, last_final, kinds):
+    """Valid text with a few bytes replaced, inserted or deleted, split anywhere."""
+    data = corrupt(text.encode("utf-8", "surrogatepass"), edits)
+    pieces = split(data, cuts)
+    check_utf8(pieces, [False] * (len(pieces) - 1) + [last_final], kinds)
+
+
+@DIFF
+@given(text=st.text(min_size=1, max_size=300), cuts=st.lists(st.integers(0, 1200), max_size=10))
+def test_utf8_valid_text_any_split(text, cuts):
+    """Valid text never raises, whatever the split (characters cut between pieces are carried over)."""
+    data = text.encode("utf-8")
+    pieces = split(data, cuts)
+    finals = [False] * (len(pieces) - 1) + [True]
+    assert feed_all(C.Utf8Validator, pieces, finals) == [("ok", None)] * len(pieces)
+    check_utf8(pieces, finals, [bytes])
+
+
+@DIFF
+@given(text=st.text(alphabet=st.characters(min_codepoint=0x80, max_codepoint=0x10FFFF, exclude_categories=["Cs"]),
+                    min_size=60, max_size=700),
+       ascii_runs=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 40)), max_size=3),
+       edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 0xFF), st.integers(0, 2)), max_size=2),
+       cuts=st.lists(st.integers(0, 4000), max_size=3), kinds=st.permutations(KINDS))
+def test_utf8_long_non_ascii(text, ascii_runs, edits, cuts, kinds):
+    """Long non-ASCII runs (the 4-chain 256-byte chunks and their cuts), corrupted anywhere, split anywhere."""
+    for pos, k in ascii_runs:
+        pos %= len(text) + 1
+        text = text[:pos] + "a" * k + text[pos:]
+    data = corrupt(text.encode(), edits) if edits else text.encode()
+    pieces = split(data, cuts)
+    check_utf8(pieces, [False] * (len(pieces) - 1) + [True], kinds)
+
+
+FAIL_FAST = [b"\xed\xa0", b"\xed\xbf", b"\xe0\x80", b"\xe0\x9f", b"\xf0\x80", b"\xf0\x8f", b"\xf4\x90",
+             b"\xf4\xbf", b"\xc0", b"\xc1", b"\xf5", b"\xff", b"\x80", b"\xc2A", b"\xe1\x80A", b"\xf1\x80\x80A",
+             b"ok\xed\xa0", b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"]
+
+
+@pytest.mark.parametrize("data", FAIL_FAST)
+def test_utf8_fail_fast_position(data):
+    """An impossible prefix fails on the piece holding its first bad byte, at the same offset, byte by byte too."""
+    check_utf8([data], [False], [bytes])
+    check_utf8([b"abc", data], [False, False], [bytes])
+    check_utf8([bytes([b]) for b in data], [False] * len(data), [bytes])
+    err = outcome(C.Utf8Validator().feed, data)
+    assert err[0] == "raise" and err[2] == 1007
+
+
+def test_utf8_exhaustive_short_sequences():
+    """Every 1- and 2-byte input and every 3-byte input with a multi-byte lead, fed whole and split."""
+    pairs = [bytes((a, b)) for a in range(256) for b in range(256)]
+    if SMALL:
+        pairs = random.Random(1).sample(pairs, 500)
+    for data in [bytes((a,)) for a in range(256)] + pairs:
+        for final in (False, True):
+            assert feed_all(C.Utf8Validator, [data], [final]) == feed_all(PyUtf8Validator, [data], [final])
+        assert feed_all(C.Utf8Validator, [data[:1], data[1:]], [False, True]) == \
+            feed_all(PyUtf8Validator, [data[:1], data[1:]], [False, True])
+        assert C.validate_utf8(data) == py_validate_utf8(data)
+    seconds = [0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF]
+    for lead in range(0xC0, 0x100, 3 if SMALL else 1):
+        for b1 in seconds:
+            for b2 in seconds:
+                data = bytes((lead, b1, b2))
+                for final in (False, True):
+                    assert feed_all(C.Utf8Validator, [data], [final]) == feed_all(PyUtf8Validator, [data], [final])
+
+
+def test_utf8_long_texts():
+    """Long ASCII, Latin, CJK and emoji texts (the ASCII fast path and the DFA blocks), and a late error."""
+    for unit in ("The quick brown fox. ", "Größenmaßstäbe à la française ", "漢字かな交じり文", "😀🎉🚀✨"):
+        data = (unit * 3000).encode()
+        for cut in (0, 1, 15, 16, 17, len(data) // 2 + 1):
+            check_utf8([data[:cut], data[cut:]], [False, True], [bytes, bytearray])
+        bad = data[:-5] + b"\xff" + data[-4:]
+        check_utf8([bad], [True], [bytes])
+        check_utf8([data, b"\xed\xa0"], [False, False], [bytes])
+
+
+# ---- frame parsing (RFC 6455 §5.2) ---------------------------------------------------------
+
+def _py_parse(self, data, frames):
+    """The reference parser, with the pure mask (frames.mask is the selected kernel)."""
+    saved = frames_mod.mask
+    frames_mod.mask = py_mask
+    try:
+        return FrameParser._parse_py(self, data, frames)
+    finally:
+        frames_mod.mask = saved
+
+
+class PyParser(FrameParser):
+    __slots__ = ()
+    _parse = _py_parse
+
+
+class CParser(FrameParser):
+    __slots__ = ()
+    _parse = C.parse_frames_c  # always C, whatever the size (kernels selects C.parse_frames)
+
+
+class HybridParser(FrameParser):
+    __slots__ = ()
+    _parse = C.parse_frames  # pure Python below PARSE_SMALL bytes
+
+
+def feed_outcomes(parser_cls, chunks, **config):
+    """Every feed's outcome (frames, or the exception with the frames completed before it) and the buffer left."""
+    p = parser_cls(**config)
+    out = []
+    for chunk in chunks:
+        try:
+            out.append(("ok", p.feed(chunk), p.buffered))
+        except ProtocolError as exc:
+            out.append(("raise", type(exc), exc.code, str(exc), exc.frames))
+            break
+    if out and out[-1][0] == "ok" and p.buffered:
+        out.append(("partial", [p.peek_partial(k) for k in (0, 1, 5)]))
+    return out
+
+
+def check_parse(wire: bytes, cuts: list[int], config: dict, kinds=(bytes,)):
+    chunks = split(wire, cuts)
+    chunks = [kinds[i % len(kinds)](c) for i, c in enumerate(chunks)]
+    expected = feed_outcomes(PyParser, chunks, **config)
+    assert feed_outcomes(CParser, chunks, **config) == expected
+    assert feed_outcomes(HybridParser, chunks, **config) == expected
+    return expected
+
+
+CONFIGS = st.fixed_dictionaries({
+    "mask_required": st.booleans(),
+    "rsv1_allowed": st.booleans(),
+    "max_frame_size": st.one_of(st.none(), st.integers(0, 70000), st.sampled_from([-1, 125, 126, 1 << 63, 1 << 70])),
+})
+
+SIZES = st.one_of(st.integers(0, 130), st.sampled_from([125, 126, 127, 65535, 65536]))
+
+
+@st.composite
+def frame_lists(draw, masked: bool, max_frames: int = 8):
+    """Valid frames for one direction: (opcode, payload, fin, rsv1, key)."""
+    out = []
+    for _ in range(draw(st.integers(0, max_frames))):
+        opcode = draw(st.sampled_from([OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG]))
+        control = opcode & 0x8
+        size = draw(st.integers(0, 125)) if control else draw(SIZES)
+        payload = draw(st.binary(min_size=size, max_size=size)) if size < 200 else os.urandom(size)
+        fin = True if control else draw(st.booleans())
+        rsv1 = opcode in (OP_TEXT, OP_BINARY) and draw(st.booleans())
+        key = draw(st.binary(min_size=4, max_size=4)) if masked else None
+        out.append((opcode, payload, fin, rsv1, key))
+    return out
+
+
+@DIFF
+@given(data=st.data(), masked=st.booleans(), cuts=st.lists(st.integers(0, 200000), max_size=8),
+       kinds=st.permutations([bytes, bytearray, memoryview]))
+def test_parse_valid_sequences_any_chunking(data, masked, cuts, kinds):
+    """Valid frame sequences, cut anywhere: the same frames from every feed, and the same buffered rest."""
+    frames = data.draw(frame_lists(masked))
+    wire = b"".join(serialize_frame(op, p, fin=fin, rsv1=rsv1, mask_key=key) for op, p, fin, rsv1, key in frames)
+    config = {"mask_required": masked, "rsv1_allowed": True, "max_frame_size": None}
+    out = check_parse(wire, cuts, config, kinds)
+    got = [f for step in out if step[0] == "ok" for f in step[1]]
+    assert [(op, bool(fin), bool(rsv1), p) for op, fin, rsv1, p in got] == \
+        [(op, fin, rsv1, p) for op, p, fin, rsv1, _ in frames]
+
+
+@DIFF
+@given(wire=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=5), config=CONFIGS,
+       kinds=st.permutations([bytes, bytearray, memoryview]))
+def test_parse_arbitrary_bytes(wire, cuts, config, kinds):
+    """Arbitrary bytes under any configuration: same frames, same exception (class, code, message, frames)."""
+    check_parse(wire, cuts, config, kinds)
+
+
+@DIFF
+@given(data=st.data(), masked=st.booleans(), config=CONFIGS,
+       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=3),
+       cuts=st.lists(st.integers(0, 200000), max_size=4))
+def test_parse_corrupted_sequences(data, masked, config, flips, cuts):
+    """Valid sequences with a few bits flipped: each header rule is hit deep in a batch, same outcome."""
+    frames = data.draw(frame_lists(masked))
+    wire = bytearray(b"".join(serialize_frame(op, p, fin=fin, rsv1=rsv1, mask_key=key)
+                              for op, p, fin, rsv1, key in frames))
+    assume(wire)
+    for pos, bit in flips:
+        wire[pos % len(wire)] ^= 1 << bit
+    check_parse(bytes(wire), cuts, config)
+
+
+HEADERS = [
+    bytes([0x81, 0xFE, 0x00, 0x7D]),  # 16-bit length not minimal
+    bytes([0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0]),  # 64-bit top bit
+    bytes([0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]),  # 64-bit not minimal
+    bytes([0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0]),  # 65536: fine (incomplete)
+    bytes([0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]),  # 2**63-1
+    bytes([0x89, 0xFE, 0, 126]),  # ping over 125
+    bytes([0x09, 0x80]),  # fragmented ping
+    bytes([0x08, 0xFE, 0, 200]),  # fragmented and too long: "fragmented" wins
+    bytes([0xC1, 0x80]), bytes([0xA1, 0x80]), bytes([0x91, 0x80]), bytes([0xC0, 0x80]), bytes([0xC9, 0x80]),
+    bytes([0x83, 0x80]), bytes([0x8B, 0x80]), bytes([0x8F, 0x00]),
+    bytes([0x81, 0x00]), bytes([0x81, 0x80]),
+]
+
+
+@pytest.mark.parametrize("header", HEADERS)
+def test_parse_header_rules(header):
+    """Each §5.2 header rule, alone and after a good frame, under every configuration and limit type."""
+    for mask_required in (True, False):
+        good = serialize_frame(OP_TEXT, b"ok", mask_key=b"abcd" if mask_required else None)
+        for rsv1_allowed in (True, False):
+            for limit in (None, 0, 100, 65536, 1 << 63, 1.5e6, -5):
+                config = {"mask_required": mask_required, "rsv1_allowed": rsv1_allowed, "max_frame_size": limit}
+                for wire in (header, good + header, good + header + bytes(8)):
+                    check_parse(wire, [], config)
+                    check_parse(wire, [len(good) + 1], config)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_parse_many_frames_past_the_record_capacity(masked):
+    """More frames in one feed than one C call records (the wrapper calls again), then an error."""
+    key = b"\x01\x02\x03\x04" if masked else None
+    n = 9000 if not SMALL else 4200
+    wire = b"".join(serialize_frame(OP_BINARY if i % 3 else OP_PING, bytes([i % 256]) * (i % 3),
+                                    mask_key=key) for i in range(n))
+    config = {"mask_required": masked}
+    out = check_parse(wire, [], config)
+    assert len(out[0][1]) == n
+    bad = wire + bytes([0x83, 0x80 if masked else 0]) + (key or b"")
+    check_parse(bad, [], config)
+    check_parse(bad, [len(wire) - 7], config)
+
+
+def test_parse_large_payloads():
+    """16- and 64-bit lengths with large payloads, masked, cut at awkward places."""
+    for size in (126, 65536) if SMALL else (126, 65535, 65536, 300000):
+        payload = os.urandom(size)
+        for key in (b"\x37\xfa\x21\x3d", None):
+            wire = serialize_frame(OP_BINARY, payload, mask_key=key) * 2
+            config = {"mask_required": key is not None, "max_frame_size": None}
+            check_parse(wire, [1, 3, 9, size // 2, len(wire) // 2 + 1], config, (bytes, bytearray))
+            check_parse(wire, [], dict(config, max_frame_size=size - 1))
+
+
+def test_parse_does_not_touch_the_callers_data():
+    """Unmasking happens in a copy (or the parser's own buffer), never in the caller's bytes/bytearray."""
+    wire = serialize_frame(OP_TEXT, b"Hello, world", mask_key=b"abcd") * 3
+    for kind in (bytes, bytearray):
+        data = kind(wire)
+        p = CParser(mask_required=True)
+        assert [f[3] for f in p.feed(data)] == [b"Hello, world"] * 3
+        assert data == wire
+        p.feed(data[:5])
+        p.feed(bytearray(data[5:9]))
+        assert p.buffered == 9
+        if kind is bytearray:
+            data += b"x"  # no export left on the caller's buffer
+
+
+# ---- serialization (RFC 6455 §5.2) ---------------------------------------------------------
+
+PAYLOAD_KINDS = [bytes, bytearray, memoryview]
+
+
+@st.composite
+def serialize_args(draw):
+    out = []
+    keyed = draw(st.sampled_from(["none", "all", "any"]))  # the C path takes all-None or all-4-byte keys
+    for _ in range(draw(st.integers(0, 8))):
+        opcode = draw(st.one_of(st.sampled_from([0, 1, 2, 8, 9, 10]), st.integers(0, 15)))
+        size = draw(SIZES)
+        payload = draw(st.binary(min_size=size, max_size=size)) if size < 200 else os.urandom(size)
+        payload = draw(st.sampled_from(PAYLOAD_KINDS))(payload)
+        fin = draw(st.sampled_from([True, False, 0, 1]))
+        rsv1 = draw(st.booleans())
+        key = None if keyed == "none" else draw(st.binary(min_size=4, max_size=4)) if keyed == "all" else \
+            draw(st.one_of(st.none(), st.binary(min_size=4, max_size=4), st.binary(max_size=6)))
+        out.append((opcode, payload, fin, rsv1, key))
+    return out
+
+
+@DIFF
+@given(frames=serialize_args())
+def test_serialize_random(frames):
+    """Random batches, bad ones included (long or fragmented control frames, bad keys): same bytes or exception."""
+    expected = outcome(py_serialize_frames, frames)
+    assert outcome(C.serialize_frames_c, frames) == expected
+    assert outcome(C.serialize_frames, frames) == expected
+    assert outcome(C.serialize_frames, iter(frames)) == expected
+    if expected[0] == "ok":
+        assert expected[1] == b"".join(serialize_frame(op, p, fin=fin, rsv1=rsv1, mask_key=key)
+                                       for op, p, fin, rsv1, key in frames)
+
+
+@DIFF
+@given(data=st.data(), masked=st.booleans(), cuts=st.lists(st.integers(0, 200000), max_size=4))
+def test_serialize_then_parse_round_trip(data, masked, cuts):
+    """C serializer then C parser gives back the frames."""
+    frames = data.draw(frame_lists(masked))
+    wire = C.serialize_frames_c(frames)
+    assert wire == py_serialize_frames(frames) == C.serialize_frames(frames)
+    out = check_parse(wire, cuts, {"mask_required": masked, "rsv1_allowed": True})
+    got = [f for step in out if step[0] == "ok" for f in step[1]]
+    assert [(op, p) for op, _, _, p in got] == [(op, p) for op, p, *_ in frames]
+
+
+@pytest.mark.parametrize("frames", [
+    [], [(OP_TEXT, b"", True, False, None)],
+    [(20, b"x", True, False, None)], [(-1, b"x", True, False, None)], [("1", b"x", True, False, None)],
+    [(OP_TEXT, "text", True, False, None)], [(OP_TEXT, b"x", True, False, "abcd")],
+    [(OP_TEXT, b"x", True, False, bytearray(b"abcd"))], [(OP_TEXT, b"x", True, False, memoryview(b"abcd"))],
+    [(OP_TEXT, memoryview(bytes(8)).cast("I"), True, False, None)],
+    [(OP_BINARY, array.array("B", b"abc"), True, False, None)],
+    [(OP_TEXT, b"x", True, False, None), (OP_PING, bytes(126), True, False, None)],
+    [(OP_TEXT, b"x", True, False, None), (OP_CLOSE, b"", False, False, None)],
+    [(OP_TEXT, b"x", True, False, b"abc")], [(OP_TEXT, b"x", True)],
+    [(OP_TEXT, b"x", True, False, None, None)], [None], [(OP_TEXT, b"x", "yes", 2 ** 70, None)],
+    [(True, b"x", 1, 0, None)], [(OP_TEXT, b"x", True, False, b"abc"), (OP_TEXT, b"x", True, False, b"abcde")],
+])
+def test_serialize_odd_arguments(frames):
+    """Odd frames alone and in a batch of good ones (the C path takes batches apart with zip/map/join)."""
+    good = [(OP_BINARY, b"abc", True, False, None)] * 5
+    for batch in (frames, good + frames, frames + good, [f[:4] + (b"abcd",) for f in good] + frames):
+        assert outcome(C.serialize_frames_c, batch) == outcome(py_serialize_frames, batch)
+        assert outcome(C.serialize_frames, batch) == outcome(py_serialize_frames, batch)
+
+
+def test_kernels_serialize_frames_is_selected():
+    if kernels.BACKEND == "c":
+        assert kernels.serialize_frames is C.serialize_frames
+    else:
+        assert kernels.serialize_frames is py_serialize_frames
