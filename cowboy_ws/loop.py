@@ -25,6 +25,9 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
+#: Size of the loop's shared receive buffer: a 64 KiB frame and its header arrive in one read.
+READ_BUFFER_SIZE = 262144
+
 _current = threading.local()
 
 
@@ -83,6 +86,9 @@ class Loop:
 
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
+        #: One receive buffer for every connection of this loop (reads are handled one at a time):
+        #: recv_into it avoids allocating (and page-faulting) a fresh buffer per read.
+        self.read_buffer = bytearray(READ_BUFFER_SIZE)
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()

@@ -15,6 +15,13 @@ whose ``Origin`` is not listed with 403, before ``init``.  Accept failing for
 lack of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) stops
 accepting for a while (backing off up to a second) instead of spinning, and
 logs once per episode.
+
+Reach beyond one process: ``redis_url="redis://..."`` makes ``pid.send``, process
+groups and ``broadcast`` span every server (node) sharing that Redis
+(:mod:`cowboy_ws.redis_backend`); without it everything stays in this process.
+``sock=`` serves an already listening socket (inherited from a parent, as the
+workers of :mod:`cowboy_ws.workers` do); ``reuse_port=True`` binds with
+``SO_REUSEPORT`` so that several processes listen on one port.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ import ssl
 import threading
 from typing import Any, Iterable
 
-from . import __version__
+from . import __version__, process
 from .http import HttpConnection
 from .loop import Loop
+from .messaging import Backend
+from .memory import tune_malloc
 from .options import (ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE,
                       WebSocketOptions)
 from .router import Router
@@ -58,7 +67,10 @@ class Server:
                  ws_options: WebSocketOptions | dict | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, shutdown_grace: float = SHUTDOWN_GRACE,
                  max_connections: int = MAX_CONNECTIONS,
-                 allowed_origins: Iterable[str | None] | None = None) -> None:
+                 allowed_origins: Iterable[str | None] | None = None,
+                 sock: socket.socket | None = None, reuse_port: bool = False,
+                 redis_url: str | None = None, redis_prefix: str = "cowboy_ws", node_ttl: float | None = None,
+                 messaging: Backend | None = None) -> None:
         self.router = routes if isinstance(routes, Router) else Router(routes)
         if isinstance(ws_options, dict):
             ws_options = WebSocketOptions().merged(ws_options)
@@ -90,17 +102,33 @@ class Server:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._shutting_down = False
-        self.sock = self._bind(host, port, backlog)
+        #: The messaging backend this server installs while it runs (None: the local default)
+        self.messaging: Backend | None = messaging
+        if redis_url is not None:
+            if messaging is not None:
+                raise ValueError("give redis_url or messaging, not both")
+            from .redis_backend import NODE_TTL, RedisBackend
+            self.messaging = RedisBackend(redis_url, prefix=redis_prefix,
+                                          node_ttl=NODE_TTL if node_ttl is None else node_ttl)
+        if sock is not None:
+            sock.setblocking(False)
+            self.sock = sock
+        else:
+            self.sock = self._bind(host, port, backlog, reuse_port)
         self.host, self.port = self.sock.getsockname()[:2]
         self.loop.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
 
     @staticmethod
-    def _bind(host: str, port: int, backlog: int) -> socket.socket:
+    def _bind(host: str, port: int, backlog: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
+            if not listen:
+                return sock
             sock.listen(backlog)
             sock.setblocking(False)
         except OSError:
@@ -187,9 +215,14 @@ class Server:
     def serve_forever(self) -> None:
         """Run the loop on this thread until :meth:`shutdown`."""
         from .protocol import kernels
+        tune_malloc()
         scheme = "https" if self.ssl_context else "http"
         log.info("cowboy_ws %s listening on %s://%s:%d (backend %s, compress %s)", __version__, scheme,
                  self.host, self.port, kernels.BACKEND, "on" if self.ws_options.compress else "off")
+        messaging = self.messaging
+        if messaging is not None:
+            process.use_backend(messaging)  # raises if another server of this process has one
+            messaging.start()
         try:
             self.loop.run()
         finally:
@@ -203,6 +236,12 @@ class Server:
             except OSError:
                 pass
             self.loop.close()
+            if messaging is not None:  # after every connection left its groups: the others hear it
+                try:
+                    messaging.stop()
+                finally:
+                    if process.current_backend() is messaging:
+                        process.use_backend(None)
             self._stopped.set()
 
     def start(self) -> "Server":

@@ -41,7 +41,10 @@ from .protocol.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ser
 
 log = logging.getLogger(__name__)
 
+#: Bytes asked of one recv on a TLS socket, and before the upgrade (plain sockets use the loop's buffer).
 READ_SIZE = 65536
+#: Above this many bytes queued in several buffers, flush with sendmsg (no join copy) instead of one send.
+SENDMSG_MIN = 32768
 _COALESCE = 65536  # in the send buffer, buffers smaller than this are joined into one send
 _KEEPALIVE_REASON = b"keepalive ping timeout"  # what websockets says with its 1011
 _OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PONG, "close": OP_CLOSE}
@@ -182,10 +185,16 @@ class WebSocketProcess:
     def _read(self) -> None:
         sock = self.sock
         try:
-            data = sock.recv(READ_SIZE)
             if self.is_tls:
+                data: Any = sock.recv(READ_SIZE)
                 while data and sock.pending():  # decrypted bytes the selector cannot see
                     data += sock.recv(sock.pending())
+            else:
+                # Into the loop's shared buffer: the protocol core copies out what it keeps
+                # (payloads, a partial frame) before the next read reuses it.
+                buf = self.loop.read_buffer
+                n = sock.recv_into(buf)
+                data = memoryview(buf)[:n] if n else b""
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
@@ -215,6 +224,9 @@ class WebSocketProcess:
             self._flush_pending(out)
             return
         if out:
+            if len(out) > 1 and not self.is_tls and len(out) < 512 and sum(map(len, out)) >= SENDMSG_MIN:
+                self._sendmsg(out)
+                return
             data = out[0] if len(out) == 1 else b"".join(out)
             try:
                 sent = self.sock.send(data)
@@ -231,6 +243,34 @@ class WebSocketProcess:
                 if not self.done:
                     self._set_interest(self._wanted_events())
                 return
+        if self._close_after_flush:
+            self._after_close_flushed()
+            return
+        self._set_interest(self._wanted_events())
+
+    def _sendmsg(self, out: list) -> None:
+        """Write several large buffers with one sendmsg (header and payload without a join copy)."""
+        try:
+            sent = self.sock.sendmsg(out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._socket_error(exc)
+            return
+        total = sum(map(len, out))
+        if sent < total:
+            for i, buf in enumerate(out):  # keep what the kernel did not take, in order
+                if sent < len(buf):
+                    self._pending.append(memoryview(buf)[sent:] if sent else buf)
+                    self._pending.extend(out[i + 1:])
+                    break
+                sent -= len(buf)
+            self._pending_size = sum(map(len, self._pending))
+            if self._pending_size > self.opts.send_high_water:
+                self._check_send_buffer(0)
+            if not self.done:
+                self._set_interest(self._wanted_events())
+            return
         if self._close_after_flush:
             self._after_close_flushed()
             return

@@ -371,9 +371,19 @@ class CountingSocket:
             self.reads += 1
         return data
 
+    def recv_into(self, buf, *args):
+        n = self._sock.recv_into(buf, *args)
+        if n:
+            self.reads += 1
+        return n
+
     def send(self, data):
         self.sends += 1
         return self._sock.send(data)
+
+    def sendmsg(self, buffers, *args):
+        self.sends += 1
+        return self._sock.sendmsg(buffers, *args)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)

@@ -186,7 +186,7 @@ def validate_utf8(data: bytes | bytearray | memoryview) -> bool:
 #: Most frames recorded by one C call; more are parsed by calling again.
 _CAP = 512
 #: Size of the pooled buffer masked payloads are unmasked into; larger inputs get their own.
-_SCRATCH = 1 << 16
+_SCRATCH = 1 << 18  # >= websocket.READ_SIZE: one read never allocates (fresh pages fault)
 _NO_LIMIT = 1 << 63
 _MASK_REQUIRED = lib.CW_MASK_REQUIRED
 _RSV1_ALLOWED = lib.CW_RSV1_ALLOWED

@@ -54,6 +54,10 @@ CLOSING = "closing"    # this side sent a Close frame and waits for the peer's (
 CLOSED = "closed"      # the closing handshake is done or the connection was failed
 
 _KIND = {OP_TEXT: "text", OP_BINARY: "binary"}
+
+#: Payloads of at least this many bytes are queued apart from their header (no concatenation
+#: copy): the runtime writes header and payload with one sendmsg.
+SEPARATE_PAYLOAD = 16384
 _MAX_PARTS = 32  # fragments kept as separate objects before they are merged into one buffer
 
 
@@ -326,8 +330,8 @@ class Connection:
             self._out.append(self._frame(opcode, data))
         elif n < 126:  # the common small server frame: one allocation
             self._out.append(bytes((0x80 | opcode, n)) + data)
-        elif n > 65536:
-            # large payload: header and payload go out as two buffers, no copy here
+        elif n >= SEPARATE_PAYLOAD:
+            # large payload: header and payload go out as two buffers (sendmsg), no copy here
             self._out.append(frame_header(opcode, n))
             self._out.append(data if type(data) is bytes else bytes(data))
         else:
