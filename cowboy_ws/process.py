@@ -8,43 +8,136 @@ silently, like ``Pid ! Msg`` to a dead process.
 Process groups mirror Erlang's ``pg``: :func:`join`, :func:`leave`,
 :func:`members`; :func:`broadcast` frames a message once and hands the same
 bytes to every member.
+
+Nodes.  Every OS process is a node with its own id (:func:`node`; a worker of
+``--workers`` is one, a forked child gets a new one).  A Pid carries its node
+and its number there, and pickles as just that pair, so a Pid put in a message
+or a group can be used from any node: :meth:`Pid.send` to a Pid of another node,
+and the members other nodes have in a group, go through the messaging backend
+(:mod:`cowboy_ws.messaging`): by default none (a message to another node is
+dropped), with ``Server(redis_url=...)`` Redis pub/sub
+(:mod:`cowboy_ws.redis_backend`).  Only local Pids join and leave groups (as in
+``pg``); :func:`members` and :func:`broadcast` span every node.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import secrets
+import socket
 import threading
+import weakref
 from typing import Any, Hashable
 
-from .loop import Loop
+from .loop import Loop, current_loop
+from .messaging import Backend, LocalBackend
 
 _ids = itertools.count(1)
 _local = threading.local()
 
 
-class Pid:
-    """The address of a connection process; hashable, printable, safe to share between threads."""
+def _new_node_id() -> str:
+    host = socket.gethostname().split(".")[0] or "host"
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
 
-    __slots__ = ("id", "exit_reason", "_conn", "_loop", "__weakref__")
+
+#: This process's node id (Erlang's ``node()``); a forked child gets a fresh one.
+_node = _new_node_id()
+#: Live local Pids by number: what an unpickled Pid of this node resolves to.
+_registry: "weakref.WeakValueDictionary[int, Pid]" = weakref.WeakValueDictionary()
+#: The messaging backend (cowboy_ws.messaging): where messages to other nodes go.
+_backend: Backend = LocalBackend()
+
+
+def node() -> str:
+    """``node()``: this process's node id."""
+    return _node
+
+
+def nodes() -> list[str]:
+    """``nodes()``: the other nodes the messaging backend knows to be up (none without Redis)."""
+    return _backend.nodes()
+
+
+class Pid:
+    """The address of a connection process; hashable, printable, picklable, safe to share between threads.
+
+    Two Pids are equal when they name the same process (node and number), also when
+    one was unpickled from a message.  ``pickle`` keeps only ``(node, id)``: unpickled
+    on its own node it is the live Pid again; elsewhere it is a remote Pid whose
+    :meth:`send` goes through the messaging backend.
+    """
+
+    __slots__ = ("id", "node", "exit_reason", "_conn", "_loop", "__weakref__")
 
     def __init__(self, conn: Any, loop: Loop) -> None:
         self.id = next(_ids)
+        #: The node id of the process this Pid belongs to (:func:`node` for local ones)
+        self.node = _node
         #: None while alive; then ``"normal"``, or ``("shutdown", x)`` after the ``shutdown_reason`` command
         self.exit_reason: Any = None
         self._conn = conn
         self._loop = loop
+        _registry[self.id] = self
+
+    @classmethod
+    def _named(cls, node_id: str, pid_id: int) -> "Pid":
+        """A Pid that is not (or no longer) a connection of this process: remote, or local and dead."""
+        pid = cls.__new__(cls)
+        pid.id = pid_id
+        pid.node = node_id
+        pid.exit_reason = None if node_id != _node else "noproc"
+        pid._conn = None
+        pid._loop = None
+        return pid
 
     def __repr__(self) -> str:
-        return f"<Pid 0.{self.id}.0>"
+        if self.node == _node:
+            return f"<Pid 0.{self.id}.0>"
+        return f"<Pid {self.node}.{self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Pid:
+            return NotImplemented
+        return self.id == other.id and self.node == other.node  # type: ignore[attr-defined]
+
+    def __ne__(self, other: object) -> bool:
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.node))
+
+    def __reduce__(self) -> tuple:
+        return (_unpickle_pid, (self.node, self.id))
+
+    @property
+    def local(self) -> bool:
+        """Whether the process lives in this OS process (this node)."""
+        return self.node == _node
 
     @property
     def alive(self) -> bool:
-        return self._conn is not None
+        """Local: the connection is open.  Remote: its node is known to be up (pg's view)."""
+        if self._conn is not None:
+            return True
+        if self.node == _node:
+            return False
+        return _backend.node_alive(self.node)
 
     def send(self, msg: Any) -> None:
-        """``Pid ! Msg``: queue ``msg`` for ``websocket_info``; thread-safe, ordered, dropped if dead."""
+        """``Pid ! Msg``: queue ``msg`` for ``websocket_info``; thread-safe, ordered, dropped if dead.
+
+        To a Pid of another node the message is pickled now (as Erlang copies it) and
+        goes through the messaging backend; an unpicklable message raises here.
+        """
         conn = self._conn
         if conn is None:
+            if self.node != _node:
+                _backend.send(self, msg)
             return
         if self._loop.in_loop_thread():
             conn.deliver(msg)
@@ -61,6 +154,20 @@ class Pid:
         self.exit_reason = reason
         self._conn = None
         _groups.leave_all(self)
+
+
+def _unpickle_pid(node_id: str, pid_id: int) -> Pid:
+    """What a pickled Pid becomes: the live local Pid, else a Pid naming it."""
+    if node_id == _node:
+        pid = _registry.get(pid_id)
+        if pid is not None:
+            return pid
+    return Pid._named(node_id, pid_id)
+
+
+def local_pid(pid_id: int) -> Pid | None:
+    """The live local Pid with this number (what the backends deliver to), or None."""
+    return _registry.get(pid_id)
 
 
 def self() -> Pid:
@@ -91,9 +198,17 @@ class TimerRef:
 def send_after(ms: int, pid: Pid, msg: Any) -> TimerRef:
     """``erlang:send_after(Ms, Pid, Msg)``: deliver ``msg`` to ``pid`` after ``ms`` milliseconds.
 
-    Call it from a callback (the timer lives on the target's loop).
+    Call it from a callback: for a local Pid the timer lives on the target's loop
+    (call it from that loop's thread); for a Pid of another node, on the calling
+    connection's loop, and the message is sent when it fires.
     """
     loop = pid._loop
+    if loop is None:  # another node's (or a dead, unpickled) Pid
+        loop = current_loop()
+        if loop is None:
+            raise RuntimeError("send_after to a remote Pid must be called from a connection's loop thread")
+        timer = loop.call_later(ms / 1000.0, pid.send, msg)
+        return TimerRef(timer, loop)
     if not loop.in_loop_thread():
         raise RuntimeError("send_after must be called from the target connection's loop thread")
     timer = loop.call_later(ms / 1000.0, _fire, pid, msg)
@@ -117,7 +232,11 @@ def cancel_timer(ref: TimerRef) -> int | bool:
 
 
 class _Groups:
-    """Process groups (Erlang ``pg``), shared by every loop of the process."""
+    """Process groups (Erlang ``pg``) of this node's Pids, shared by every loop of the process.
+
+    Each change is announced to the messaging backend under the same lock, so other
+    nodes see the changes in the order they happened.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -126,30 +245,40 @@ class _Groups:
 
     def join(self, group: Hashable, pid: Pid) -> None:
         with self._lock:
-            self._groups.setdefault(group, {})[pid] = None
+            members = self._groups.setdefault(group, {})
+            if pid in members:
+                return
+            members[pid] = None
             self._of.setdefault(pid, set()).add(group)
+            _backend.joined(group, pid)
 
     def leave(self, group: Hashable, pid: Pid) -> None:
         with self._lock:
             members = self._groups.get(group)
-            if members is not None:
-                members.pop(pid, None)
-                if not members:
-                    del self._groups[group]
+            if members is None or pid not in members:
+                return
+            del members[pid]
+            if not members:
+                del self._groups[group]
             groups = self._of.get(pid)
             if groups is not None:
                 groups.discard(group)
                 if not groups:
                     del self._of[pid]
+            _backend.left(group, pid)
 
     def leave_all(self, pid: Pid) -> None:
         with self._lock:
-            for group in self._of.pop(pid, ()):
+            groups = self._of.pop(pid, None)
+            if not groups:
+                return
+            for group in groups:
                 members = self._groups.get(group)
                 if members is not None:
                     members.pop(pid, None)
                     if not members:
                         del self._groups[group]
+            _backend.exited(pid, list(groups))
 
     def members(self, group: Hashable) -> list[Pid]:
         with self._lock:
@@ -159,28 +288,55 @@ class _Groups:
         with self._lock:
             return list(self._groups)
 
+    def snapshot(self) -> dict[Hashable, list[int]]:
+        """``{group: [pid number, ...]}`` of this node (what a backend tells a node that asks)."""
+        with self._lock:
+            return {group: [pid.id for pid in members] for group, members in self._groups.items()}
+
 
 _groups = _Groups()
 
 
+def _check_local(pid: Pid, what: str) -> Pid:
+    if pid.node != _node:
+        raise ValueError(f"{what}: {pid!r} is a process of another node; as with pg, only a node's "
+                         "own processes join and leave its groups")
+    return pid
+
+
 def join(group: Hashable, pid: Pid | None = None) -> None:
-    """``pg:join``: add ``pid`` (default ``self()``) to ``group``."""
-    _groups.join(group, pid or self())
+    """``pg:join``: add ``pid`` (default ``self()``, a local Pid) to ``group``."""
+    pid = _check_local(pid or self(), "join")
+    if pid._conn is None:  # a dead process joins nothing (pg would drop it at once)
+        return
+    _groups.join(group, pid)
 
 
 def leave(group: Hashable, pid: Pid | None = None) -> None:
-    """``pg:leave``: remove ``pid`` (default ``self()``) from ``group``."""
-    _groups.leave(group, pid or self())
+    """``pg:leave``: remove ``pid`` (default ``self()``, a local Pid) from ``group``."""
+    _groups.leave(group, _check_local(pid or self(), "leave"))
 
 
 def members(group: Hashable) -> list[Pid]:
-    """``pg:get_members``: the Pids in ``group``."""
+    """``pg:get_members``: the Pids in ``group``, this node's first, then other nodes' (as last heard)."""
+    local = _groups.members(group)
+    remote = _backend.remote_members(group)
+    return local + remote if remote else local
+
+
+def local_members(group: Hashable) -> list[Pid]:
+    """``pg:get_local_members``: this node's Pids in ``group``."""
     return _groups.members(group)
 
 
 def which_groups() -> list[Hashable]:
-    """``pg:which_groups``."""
-    return _groups.which_groups()
+    """``pg:which_groups``: groups with members on any node."""
+    groups = _groups.which_groups()
+    remote = _backend.remote_groups()
+    if remote:
+        seen = set(groups)
+        groups.extend(g for g in remote if g not in seen)
+    return groups
 
 
 def broadcast(group: Hashable, frame: Any, *, exclude: Pid | None = None) -> int:
@@ -188,26 +344,121 @@ def broadcast(group: Hashable, frame: Any, *, exclude: Pid | None = None) -> int
 
     The frame is serialized once and the same bytes are queued on every member
     that sends uncompressed; members with permessage-deflate active compress it
-    with their own context (RFC 7692 §7.2.1: each connection has its own).
+    with their own context (RFC 7692 §7.2.1: each connection has its own).  Members
+    on other nodes: each such node is sent the frame once and frames it once.
     """
     from .websocket import encode_broadcast  # the connection layer owns framing
 
     targets = [pid for pid in _groups.members(group) if pid is not exclude and pid._conn is not None]
+    backend = _backend
+    if backend.name != "local":
+        kind, data = _flatten(frame)
+        reached = backend.broadcast(group, kind, data, exclude)
+        if targets:
+            frame = (kind, data)
+            _fanout(targets, frame, encode_broadcast(frame))
+        return reached + len(targets)
     if not targets:
         return 0
-    wire = encode_broadcast(frame)
+    _fanout(targets, frame, encode_broadcast(frame))
+    return len(targets)
+
+
+def _flatten(frame: Any) -> tuple[str, bytes]:
+    """A broadcast OutFrame as ``(kind, bytes)`` for other nodes (validated like encode_broadcast)."""
+    from .protocol.errors import UsageError
+    from .websocket import normalize_frame
+    kind, data, _code = normalize_frame(frame)
+    if kind == "close":
+        raise UsageError("cannot broadcast a close frame")
+    return kind, _iodata(data)
+
+
+def _iodata(data: Any) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, (list, tuple)):
+        return b"".join(_iodata(part) for part in data)
+    raise TypeError(f"frame data must be bytes, str or a list of those, not {type(data).__name__}")
+
+
+def _fanout(targets: list[Pid], frame: Any, wire: bytes) -> None:
+    """Queue a serialized frame on local Pids: directly on this thread's loop, one call per other loop."""
+    me = threading.get_ident()
+    others: dict[Loop, list[Pid]] | None = None
     for pid in targets:
         conn = pid._conn
         if conn is None:
             continue
-        if pid._loop.in_loop_thread():
+        loop = pid._loop
+        if loop.thread_id == me:
             conn.send_broadcast(frame, wire)
         else:
-            pid._loop.call_soon_threadsafe(_remote_broadcast, pid, frame, wire)
+            if others is None:
+                others = {}
+            others.setdefault(loop, []).append(pid)
+    if others:
+        for loop, pids in others.items():
+            loop.call_soon_threadsafe(_broadcast_on_loop, pids, frame, wire)
+
+
+def _broadcast_on_loop(pids: list[Pid], frame: Any, wire: bytes) -> None:
+    for pid in pids:
+        conn = pid._conn
+        if conn is not None:
+            conn.send_broadcast(frame, wire)
+
+
+def deliver_broadcast(group: Hashable, frame: tuple[str, bytes], exclude_id: int | None) -> int:
+    """A broadcast from another node: frame it once, queue it on this node's members of ``group``."""
+    from .websocket import encode_broadcast
+    targets = [pid for pid in _groups.members(group) if pid.id != exclude_id and pid._conn is not None]
+    if targets:
+        _fanout(targets, frame, encode_broadcast(frame))
     return len(targets)
 
 
-def _remote_broadcast(pid: Pid, frame: Any, wire: bytes) -> None:
-    conn = pid._conn
-    if conn is not None:
-        conn.send_broadcast(frame, wire)
+# -- the messaging backend ------------------------------------------------------------------
+
+
+_backend_lock = threading.Lock()
+
+
+def use_backend(backend: Backend | None) -> Backend:
+    """Install ``backend`` (None: back to local) for this process; returns the one it replaced.
+
+    One backend per process: installing a second non-local one while another is in
+    use raises RuntimeError (stop and uninstall the first).
+    """
+    global _backend
+    with _backend_lock:
+        previous = _backend
+        new = backend if backend is not None else LocalBackend()
+        if new.name != "local" and previous.name != "local" and previous is not new:
+            raise RuntimeError(f"a {previous.name} messaging backend is already installed in this process")
+        with _groups._lock:  # no announcement is split between two backends
+            _backend = new
+        return previous
+
+
+def current_backend() -> Backend:
+    """The messaging backend in use (:class:`~cowboy_ws.messaging.LocalBackend` unless Redis is configured)."""
+    return _backend
+
+
+def _after_fork_in_child() -> None:
+    """A forked child is a new node: fresh id, no Pids or groups of the parent's, the local backend."""
+    global _node, _backend, _groups, _registry, _backend_lock
+    _node = _new_node_id()
+    _registry = weakref.WeakValueDictionary()
+    _groups = _Groups()
+    _backend = LocalBackend()
+    _backend_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,94 @@
+"""The messaging backend: where ``pid.send``, process groups and ``broadcast`` reach past this process.
+
+Erlang gets this from distribution: ``Pid ! Msg`` and ``pg`` work the same whether
+the process is on this node or another.  cowboy_ws splits it in two:
+
+* :mod:`cowboy_ws.process` keeps everything about *this* process (a "node"): its
+  Pids, their mailboxes, the groups they joined.  It never blocks and never
+  does I/O beyond handing work to a connection's loop.
+* the active :class:`Backend` is asked for everything beyond it: a message to a
+  Pid of another node, the members other nodes have in a group, a broadcast to
+  them.  Each local join/leave/exit is announced to it.
+
+Two implementations:
+
+* :class:`LocalBackend` (the default): there is no other node.  A Pid of
+  another node (unpickled from elsewhere) can be held and compared, but a
+  message to it is dropped, like ``Pid ! Msg`` to a node that cannot be reached.
+* :class:`cowboy_ws.redis_backend.RedisBackend` (``Server(redis_url=...)``,
+  ``python -m cowboy_ws --redis URL``): Redis pub/sub between nodes; see that module.
+
+Every method may be called from any thread, and none may block: a backend that
+does I/O hands the work to its own threads.  :meth:`Backend.joined`,
+:meth:`Backend.left` and :meth:`Backend.exited` are called with the local group
+registry's lock held (so the order of the announcements is the order of the
+changes): they only queue.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Hashable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .process import Pid
+
+__all__ = ["Backend", "LocalBackend"]
+
+
+class Backend:
+    """The interface :mod:`cowboy_ws.process` talks to (and the do-nothing base of both backends)."""
+
+    #: ``"local"`` or ``"redis"``
+    name = "local"
+
+    # -- life cycle (the Server that installed the backend calls these) ------------------------
+
+    def start(self) -> None:
+        """Start whatever threads and connections the backend needs (idempotent)."""
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Say goodbye to the other nodes, flush what is queued (at most ``timeout`` s) and stop."""
+
+    # -- outgoing ----------------------------------------------------------------------------
+
+    def send(self, pid: "Pid", msg: Any) -> None:
+        """``pid.send(msg)`` for a Pid of another node (local Pids never come here)."""
+
+    def joined(self, group: Hashable, pid: "Pid") -> None:
+        """A local Pid joined ``group`` (it was not a member)."""
+
+    def left(self, group: Hashable, pid: "Pid") -> None:
+        """A local Pid left ``group`` (it was a member)."""
+
+    def exited(self, pid: "Pid", groups: list) -> None:
+        """A local Pid that was in ``groups`` exited: it left all of them."""
+
+    def broadcast(self, group: Hashable, kind: str, data: bytes, exclude: "Pid | None") -> int:
+        """Send a frame (validated and flattened already) to the members of ``group`` on other nodes.
+
+        Returns how many remote members it was sent to (as far as this node knows).
+        Each node that has members gets it once and frames it once for all of them.
+        """
+        return 0
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def remote_members(self, group: Hashable) -> "list[Pid]":
+        """Members of ``group`` on other nodes, as this node last heard."""
+        return []
+
+    def remote_groups(self) -> list:
+        """Groups that have members on other nodes."""
+        return []
+
+    def node_alive(self, node: str) -> bool:
+        """Whether another node is known to be up."""
+        return False
+
+    def nodes(self) -> list[str]:
+        """The other nodes known to be up (Erlang's ``nodes()``)."""
+        return []
+
+
+class LocalBackend(Backend):
+    """No other node: everything stays in this process (the default)."""
