@@ -122,9 +122,10 @@ class WebSocketProcess:
         self.reason: Any = None            # terminate reason, fixed at the first exit decision
         self.shutdown_reason: Any = "normal"
         self.done = False
-        self._mailbox: deque[Any] = deque()
+        # Both queues are dropped (None) while hibernating and created again when needed.
+        self._mailbox: deque[Any] | None = deque()
         self._mailbox_scheduled = False
-        self._pending: deque[Any] = deque()  # written but not yet accepted by the kernel (bytes-likes)
+        self._pending: deque[Any] | None = deque()  # written but not yet accepted by the kernel
         self._events = 0                    # selector interest currently registered
         self._close_after_flush = False
         self._close_timer: Any = None
@@ -236,7 +237,7 @@ class WebSocketProcess:
                 self._socket_error(exc)
                 return
             if sent < len(data):
-                self._pending.append(memoryview(data)[sent:] if sent else data)
+                self._send_queue().append(memoryview(data)[sent:] if sent else data)
                 self._pending_size = len(data) - sent
                 if self._pending_size > self.opts.send_high_water:
                     self._check_send_buffer(0)
@@ -261,11 +262,12 @@ class WebSocketProcess:
         if sent < total:
             for i, buf in enumerate(out):  # keep what the kernel did not take, in order
                 if sent < len(buf):
-                    self._pending.append(memoryview(buf)[sent:] if sent else buf)
-                    self._pending.extend(out[i + 1:])
+                    pending = self._send_queue()
+                    pending.append(memoryview(buf)[sent:] if sent else buf)
+                    pending.extend(out[i + 1:])
                     break
                 sent -= len(buf)
-            self._pending_size = sum(map(len, self._pending))
+            self._pending_size = sum(map(len, self._pending))  # type: ignore[arg-type]
             if self._pending_size > self.opts.send_high_water:
                 self._check_send_buffer(0)
             if not self.done:
@@ -275,6 +277,11 @@ class WebSocketProcess:
             self._after_close_flushed()
             return
         self._set_interest(self._wanted_events())
+
+    def _send_queue(self) -> deque:
+        if self._pending is None:
+            self._pending = deque()
+        return self._pending
 
     def _flush_pending(self, out: list) -> None:
         """Write from the send buffer until the kernel refuses more, then apply the water marks."""
@@ -357,6 +364,8 @@ class WebSocketProcess:
         """A message for ``websocket_info`` (from :meth:`Pid.send`): queue it, handle it this round."""
         if self.done or self.reason is not None:
             return
+        if self._mailbox is None:
+            self._mailbox = deque()
         self._mailbox.append(msg)
         if not self._mailbox_scheduled:
             self._mailbox_scheduled = True
@@ -365,6 +374,8 @@ class WebSocketProcess:
     def _drain_mailbox(self) -> None:
         self._mailbox_scheduled = False
         mailbox = self._mailbox
+        if mailbox is None:
+            return
         # Only what is queued now: a handler that keeps sending to itself yields to others.
         for _ in range(len(mailbox)):
             if self.done or self.reason is not None:
@@ -509,8 +520,13 @@ class WebSocketProcess:
         self.loop.mark_dirty(self)
 
     def _hibernate(self) -> None:
+        """Release what an idle connection can rebuild: protocol buffers, zlib objects, empty queues."""
         self._hibernating = True
         self.conn.hibernate()
+        if not self._mailbox:
+            self._mailbox = None
+        if not self._pending:
+            self._pending = None
 
     # -- closing -------------------------------------------------------------------
 
@@ -524,7 +540,8 @@ class WebSocketProcess:
         if self.reason is not None:
             return
         self.reason = reason
-        self._mailbox.clear()
+        if self._mailbox:
+            self._mailbox.clear()
         if self.conn.state == OPEN:
             try:
                 self.conn.send_close(code, payload)
@@ -649,7 +666,8 @@ class WebSocketProcess:
             self.sock.close()
         except OSError:
             pass
-        self._pending.clear()
+        if self._pending:
+            self._pending.clear()
         if self._pending_size:
             self._pending_size = 0
         self.server._forget(self)
@@ -661,7 +679,8 @@ class WebSocketProcess:
         if self._ended:
             return
         self._ended = True
-        self._mailbox.clear()
+        if self._mailbox:
+            self._mailbox.clear()
         # Cowboy exits with {shutdown, Reason} after the shutdown_reason command, else normal.
         self.pid._exit("normal" if self.shutdown_reason == "normal" else ("shutdown", self.shutdown_reason))
         terminate = getattr(self.handler, "terminate", None)
