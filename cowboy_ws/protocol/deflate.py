@@ -433,9 +433,10 @@ class PerMessageDeflate:
         pieces: list[bytes] = []
         try:
             if not self._ended:
-                produced = self._inflate(inflater, data, limit, pieces, 0)
-                if final and not inflater.eof:
-                    self._inflate(inflater, _TAIL, limit, pieces, produced)
+                if final:  # one zlib call with the tail appended (a frame is small next to its output)
+                    self._inflate(inflater, b"".join((data, _TAIL)), limit, pieces, 0)
+                else:
+                    self._inflate(inflater, data, limit, pieces, 0)
                 self._ended = inflater.eof
         except zlib.error as exc:
             self._reset_inflater()
