@@ -312,7 +312,7 @@ class HttpConnection:
                 self._refuse(exc)
                 _terminate(handler, ("error", "badhandshake"), default_req_filter(req), state, self.cid)
                 return
-            negotiated = negotiate_server(offers, opts.deflate_opts)
+            negotiated = negotiate_server(offers, opts.deflate_opts, shared_deflaters=self.loop.deflaters)
             if negotiated is not None:
                 extensions, deflate = negotiated
         resp_headers = dict(req.resp_headers)

@@ -89,6 +89,9 @@ class Loop:
         #: One receive buffer for every connection of this loop (reads are handled one at a time):
         #: recv_into it avoids allocating (and page-faulting) a fresh buffer per read.
         self.read_buffer = bytearray(READ_BUFFER_SIZE)
+        #: permessage-deflate compressors shared by this loop's connections without server
+        #: context takeover (see cowboy_ws.protocol.deflate.PerMessageDeflate).
+        self.deflaters: dict = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()

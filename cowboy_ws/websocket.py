@@ -561,13 +561,17 @@ class WebSocketProcess:
     def _after_close_flushed(self) -> None:
         """Our Close is written: close now if the handshake is done, else wait for the peer's (§7.1.1).
 
-        After failing the connection (§7.1.7) the peer may still be sending: closing with unread
-        input would reset the connection, and the reset can destroy our Close before the peer reads
-        it.  So we send FIN and discard what comes until the peer closes (within close_timeout).
+        After failing the connection (§7.1.7), or after the closing handshake, the peer may still
+        be sending: closing with unread input would reset the connection, and the reset can destroy
+        our Close before the peer reads it.  So (plain TCP) we send FIN, which is the server closing
+        the TCP connection first (§7.1.1), and discard what comes until the peer closes (within
+        close_timeout); terminate runs at once.
         """
         if self.conn.state == CLOSED and not self._linger:
-            self._finish()
-            return
+            if self.is_tls or self._wr_closed:  # our FIN went out with our Close: the peer has both
+                self._finish()
+                return
+            self._linger = True
         if self._linger:  # the handler is done with this connection: terminate now, drain the socket after
             self._end_process()
         if not self._wr_closed:

@@ -673,3 +673,20 @@ def test_no_forbidden_imports() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
     assert not names & {"socket", "selectors", "threading", "asyncio", "time"}
+
+
+def test_shared_deflater_messages_stand_alone() -> None:
+    """RFC 7692 §7.1.1.1 / §7.2.1: without server context takeover, codecs sharing one deflater
+    produce messages that each inflate with a fresh window, interleaved across connections."""
+    shared: dict = {}
+    params = DeflateParams(server_no_context_takeover=True)
+    a = PerMessageDeflate(True, params, shared_deflaters=shared)
+    b = PerMessageDeflate(True, params, shared_deflaters=shared)
+    texts = [b"hello hello hello", b"hello again", b"", b"x" * 5000, b"hello hello hello"]
+    for i, text in enumerate(texts):
+        codec = a if i % 2 else b
+        payload = codec.compress(text)
+        fresh = zlib.decompressobj(-15)
+        assert fresh.decompress(payload + b"\x00\x00\xff\xff") == text
+    assert len(shared) == 1
+    assert a._deflater is None and b._deflater is None  # nothing kept per connection
