@@ -12,13 +12,14 @@ route it, and serve it::
 __version__ = "0.1.0"
 
 from .options import WebSocketOptions  # noqa: E402
-from .process import (Pid, broadcast, cancel_timer, join, leave, members, self,  # noqa: E402
-                      send_after, which_groups)
+from .process import (Pid, broadcast, cancel_timer, join, leave, local_members, members, node,  # noqa: E402
+                      nodes, self, send_after, which_groups)
 from .req import Req  # noqa: E402
 from .router import Router  # noqa: E402
 from .server import Server, backend  # noqa: E402
 
 __all__ = [
     "Pid", "Req", "Router", "Server", "WebSocketOptions", "backend", "broadcast", "cancel_timer",
-    "join", "leave", "members", "self", "send_after", "which_groups", "__version__",
+    "join", "leave", "local_members", "members", "node", "nodes", "self", "send_after", "which_groups",
+    "__version__",
 ]

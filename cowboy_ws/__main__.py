@@ -45,10 +45,14 @@ examples:
   python -m cowboy_ws myapp.ws:ChatHandler --port 0     an attribute (module, class or instance)
   python -m cowboy_ws --certfile cert.pem --keyfile key.pem --port 8443
                                                         wss:// with TLS
+  python -m cowboy_ws cowboy_ws.examples.chat --workers 4 --redis redis://127.0.0.1:6379/0
+                                                        4 processes on one port; rooms span them
+                                                        (and every other server on that Redis)
 
 The handler's init/websocket_init/websocket_handle/websocket_info/terminate
 follow Cowboy's cowboy_websocket (see DESIGN.md); its initial state is None.
-SIGINT/SIGTERM close every connection with 1001 and exit 0.
+SIGINT/SIGTERM close every connection with 1001 and exit 0 (with --workers: the
+supervisor stops every worker that way, then exits 0).
 """
 
 
@@ -142,6 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--allowed-origin", action="append", metavar="ORIGIN", dest="allowed_origins",
                      help="accept WebSocket upgrades only from this Origin (repeat for several; 'null' "
                           "allows requests without Origin); others get 403 (default: any origin)")
+    scale = parser.add_argument_group("scaling (see docs/deployment.md)")
+    scale.add_argument("--workers", type=_positive_int("workers"), metavar="N",
+                       help="run N worker processes on the port (SO_REUSEPORT), each with its own loop, "
+                            "restarted if they die; without --redis each keeps its own groups "
+                            "(default: one process, no supervisor)")
+    scale.add_argument("--redis", metavar="URL", dest="redis_url",
+                       help="share Pids, process groups and broadcast with every worker and server on this "
+                            "Redis (redis://[:password@]host:port/db, rediss:// for TLS); needs "
+                            "pip install 'cowboy-ws[redis]'; only trusted nodes may share it (messages are "
+                            "pickled) (default: everything stays in the process)")
+    scale.add_argument("--redis-prefix", metavar="PREFIX", default="cowboy_ws",
+                       help="prefix of the Redis channels and keys, to run separate clusters on one Redis "
+                            "(default: %(default)s)")
+    scale.add_argument("--node-ttl", type=_positive_float("node_ttl"), metavar="SECONDS",
+                       help="a node (worker or server) silent on Redis this long is taken for dead and its "
+                            "Pids leave their groups (default: 10)")
     ws = parser.add_argument_group("websocket options (cowboy_websocket:opts())")
     ws.add_argument("--compress", action="store_true",
                     help="accept permessage-deflate (RFC 7692) when the client offers it")
@@ -227,7 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s "
+                               + ("[%(process)d] " if args.workers is not None else "")
+                               + "%(name)s: %(message)s")
 
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
@@ -260,6 +282,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_kwargs["handshake_timeout"] = args.handshake_timeout
     if args.allowed_origins:
         server_kwargs["allowed_origins"] = [None if o == "null" else o for o in args.allowed_origins]
+    if args.redis_url:
+        try:
+            from .redis_backend import RedisBackend
+            RedisBackend(args.redis_url)  # checks that redis-py is there and the URL parses
+        except (ImportError, ValueError) as exc:
+            parser.error(f"--redis: {exc}")
+        server_kwargs.update(redis_url=args.redis_url, redis_prefix=args.redis_prefix)
+        if args.node_ttl is not None:
+            server_kwargs["node_ttl"] = args.node_ttl
+    elif args.node_ttl is not None:
+        parser.error("--node-ttl needs --redis")
+
+    if args.workers is not None:
+        from . import workers
+        try:
+            return workers.serve([("_", handler, None)], workers=args.workers, host=args.host, port=args.port,
+                                 ssl_context=ssl_context, ws_options=ws_options, **server_kwargs)
+        except OSError as exc:
+            print(f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
 
     from .server import Server  # after logging is set up
 

@@ -46,6 +46,10 @@ class Backend:
     def start(self) -> None:
         """Start whatever threads and connections the backend needs (idempotent)."""
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until messages to this node's Pids can arrive; False if not yet."""
+        return True
+
     def stop(self, timeout: float = 2.0) -> None:
         """Say goodbye to the other nodes, flush what is queued (at most ``timeout`` s) and stop."""
 

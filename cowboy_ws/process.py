@@ -44,7 +44,9 @@ def _new_node_id() -> str:
 
 #: This process's node id (Erlang's ``node()``); a forked child gets a fresh one.
 _node = _new_node_id()
-#: Live local Pids by number: what an unpickled Pid of this node resolves to.
+#: Local Pids whose number left the process (pickled, or announced as a group member), by number:
+#: what an unpickled Pid of this node, or a message from another node, resolves to.  Weak: a Pid
+#: that is gone is gone from here too; a Pid that never leaves the process costs nothing.
 _registry: "weakref.WeakValueDictionary[int, Pid]" = weakref.WeakValueDictionary()
 #: The messaging backend (cowboy_ws.messaging): where messages to other nodes go.
 _backend: Backend = LocalBackend()
@@ -79,7 +81,6 @@ class Pid:
         self.exit_reason: Any = None
         self._conn = conn
         self._loop = loop
-        _registry[self.id] = self
 
     @classmethod
     def _named(cls, node_id: str, pid_id: int) -> "Pid":
@@ -112,6 +113,8 @@ class Pid:
         return hash((self.id, self.node))
 
     def __reduce__(self) -> tuple:
+        if self._conn is not None:
+            _registry[self.id] = self  # its number left the process: it must be found by it
         return (_unpickle_pid, (self.node, self.id))
 
     @property
@@ -250,6 +253,7 @@ class _Groups:
                 return
             members[pid] = None
             self._of.setdefault(pid, set()).add(group)
+            _registry[pid.id] = pid  # other nodes will address it by number
             _backend.joined(group, pid)
 
     def leave(self, group: Hashable, pid: Pid) -> None:

@@ -194,6 +194,13 @@ class RedisBackend(Backend):
         log.info("node %s: messaging over redis %s (prefix %r, node_ttl %.1fs)", self.node,
                  self._outage.where, self.prefix, self.node_ttl)
 
+    def wait_ready(self, timeout: float) -> bool:
+        if self.subscribed.wait(timeout):
+            return True
+        log.warning("node %s: not subscribed on redis %s after %.1fs: serving anyway, messages from other "
+                    "nodes arrive once it is", self.node, self._outage.where, timeout)
+        return False
+
     def stop(self, timeout: float = 2.0) -> None:
         if not self._started or self._stopping.is_set():
             return

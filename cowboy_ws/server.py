@@ -52,6 +52,9 @@ _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 
 _cids = itertools.count(1)
 
+#: Seconds serve_forever waits for the messaging backend (Redis subscribed) before serving anyway.
+MESSAGING_READY_TIMEOUT = 3.0
+
 
 def backend() -> str:
     """Which kernel backend is active: ``"c"`` or ``"python"``."""
@@ -217,12 +220,18 @@ class Server:
         from .protocol import kernels
         tune_malloc()
         scheme = "https" if self.ssl_context else "http"
-        log.info("cowboy_ws %s listening on %s://%s:%d (backend %s, compress %s)", __version__, scheme,
-                 self.host, self.port, kernels.BACKEND, "on" if self.ws_options.compress else "off")
         messaging = self.messaging
         if messaging is not None:
-            process.use_backend(messaging)  # raises if another server of this process has one
+            try:
+                process.use_backend(messaging)  # raises if another server of this process has one
+            except BaseException:
+                self._close_after_failed_start()
+                raise
             messaging.start()
+            # reachable from other nodes before the first connection runs (bounded: Redis may be down)
+            messaging.wait_ready(MESSAGING_READY_TIMEOUT)
+        log.info("cowboy_ws %s listening on %s://%s:%d (backend %s, compress %s)", __version__, scheme,
+                 self.host, self.port, kernels.BACKEND, "on" if self.ws_options.compress else "off")
         try:
             self.loop.run()
         finally:
@@ -243,6 +252,14 @@ class Server:
                     if process.current_backend() is messaging:
                         process.use_backend(None)
             self._stopped.set()
+
+    def _close_after_failed_start(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.loop.close()
+        self._stopped.set()
 
     def start(self) -> "Server":
         """Run the loop on a daemon thread; returns at once."""

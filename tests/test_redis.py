@@ -1,0 +1,324 @@
+"""Pids, process groups and broadcast across workers and servers over a real Redis.
+
+Each test starts its own ``redis-server`` on a free port of 127.0.0.1 (``tests/redis_server.py``;
+CI installs the Debian package) and servers as subprocesses: ``--workers 2`` (one machine) or
+two separate ``python -m cowboy_ws`` processes sharing the Redis (two machines).  The handler
+is ``tests/cluster_app.py``.  Skipped, with the reason, only where ``redis-server`` or redis-py
+is missing.  ``--node-ttl`` is short so that dead nodes expire within the test.  Every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+import cowboy_ws
+from cowboy_ws import process
+from redis_server import RedisServer, available
+from serverproc import ServerProcess, ask, connect_until, wait_until, who
+from wsclient import Client
+
+
+
+@pytest.fixture(autouse=True)
+def _needs_redis():
+    """Skip with the reason where redis-server or redis-py is missing; in CI (CI=true), fail instead."""
+    why = available()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the Redis tests: {why}")
+        pytest.skip(why)
+
+TTL = "1"  # --node-ttl in these tests (seconds)
+
+
+@pytest.fixture
+def redis_srv():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def cluster(redis_srv):
+    """``cluster(*args, workers=0)``: a cowboy_ws subprocess on the test's Redis; clients in ``.clients``."""
+    started: list[ServerProcess] = []
+    clients: list[Client] = []
+
+    def start(*args: str, workers: int = 0, handler: str = "cluster_app:Node") -> ServerProcess:
+        extra = ("--workers", str(workers)) if workers else ()
+        proc = ServerProcess(handler, "--port", "0", "--redis", redis_srv.url, "--node-ttl", TTL, *extra, *args)
+        started.append(proc)
+        return proc.started(workers=workers)
+
+    def connect(port: int, path: str) -> Client:
+        client = Client.connect(port, path)
+        clients.append(client)
+        return client
+
+    start.clients = clients  # type: ignore[attr-defined]
+    start.connect = connect  # type: ignore[attr-defined]
+    yield start
+    for client in clients:
+        client.abort()
+    for proc in started:
+        proc.stop()
+    for proc in started:  # no worker or server crashed on its own
+        assert "Traceback" not in proc.output, proc.output
+
+
+def count(client: Client) -> int:
+    return int(ask(client, "count"))
+
+
+def converge(clients: list[Client], expected: int, timeout: float = 10.0) -> None:
+    """Wait until every client's node sees ``expected`` members in the group."""
+    for client in clients:
+        wait_until(lambda: count(client) == expected, timeout, f"{expected} members seen")
+
+
+def texts(client: Client, n: int, timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    out = []
+    for _ in range(n):
+        kind, data = client.recv_message(max(0.0, deadline - time.monotonic()))
+        assert kind == "text", (kind, data)
+        out.append(data.decode())
+    return out
+
+
+# -- one machine: --workers 2 ----------------------------------------------------------------
+
+
+def test_a_message_from_worker_0_reaches_websocket_info_on_worker_1(cluster):
+    server = cluster(workers=2)
+    group = f"/g/{uuid.uuid4().hex}"
+    opened: list[Client] = cluster.clients
+    by = connect_until(server.port, group, lambda b: len(b) == 2, opened=opened)
+    a, b = by["0"][0][0], by["1"][0][0]
+    total = sum(len(v) for v in by.values())
+    converge([a, b], total)
+    assert ask(a, "nodes") == "1" and ask(b, "nodes") == "1"
+
+    # pid.send to every other member (Pids from members(), some on the other worker)
+    assert ask(a, "send hello") == f"sent {total - 1}"
+    for conns in by.values():
+        for client, _info in conns:
+            if client is not a:
+                assert texts(client, 1) == ["hello"]
+    # a Pid travels in a message (pickled as node + number) and is reached from the other worker
+    a_pid = ask(a, "me")
+    assert ask(b, f"sendto {a_pid} from worker 1") == "sent"
+    assert texts(a, 1) == ["from worker 1"]
+    # broadcast from worker 1: everyone once, the sender too
+    b.send_text("say to all")
+    for conns in by.values():
+        for client, _info in conns:
+            assert texts(client, 1) == ["to all"]
+            assert ask(client, "who").startswith("worker=")  # nothing else was queued before it
+
+
+def test_a_killed_worker_is_replaced_and_its_pids_leave_their_groups(cluster):
+    server = cluster(workers=2)
+    group = f"/g/{uuid.uuid4().hex}"
+    by = connect_until(server.port, group, lambda b: len(b) == 2 and all(len(v) >= 2 for v in b.values()),
+                       opened=cluster.clients)
+    survivors = [c for c, _i in by["0"]]
+    total = sum(len(v) for v in by.values())
+    converge(survivors[:1], total)
+    victim = int(by["1"][0][1]["pid"])
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for(rf"worker 1 \(pid {victim}\) killed by SIGKILL")
+    # after the heartbeat expired (node_ttl 1 s), worker 0 dropped the dead node's members
+    wait_until(lambda: count(survivors[0]) == len(survivors), 10, "the dead worker's members to be dropped")
+    server.wait_for(r"is gone \(no heartbeat within 1s\): \d+ membership")
+    # the replacement serves, joins, and is reached by a broadcast from worker 0
+    wait_until(lambda: server.count("listening on") >= 3, 10, "the new worker listening")
+    again = connect_until(server.port, group, lambda b: "1" in b, opened=cluster.clients)
+    newcomer = again["1"][0][0]
+    assert again["1"][0][1]["pid"] != str(victim)
+    joined = len(survivors) + sum(len(v) for v in again.values())
+    converge([survivors[0], newcomer], joined)
+    survivors[0].send_text("say welcome")
+    assert texts(newcomer, 1) == ["welcome"]
+
+
+# -- two machines: two servers sharing Redis -----------------------------------------------------
+
+
+def test_chat_across_two_servers_delivers_everything_once_in_order(cluster):
+    one, two = cluster(), cluster()
+    room = f"/g/{uuid.uuid4().hex}"
+    members = [cluster.connect(one.port, room) for _ in range(3)] + [cluster.connect(two.port, room)
+                                                                     for _ in range(3)]
+    converge([members[0], members[3]], 6)
+    per_sender = 25
+    senders = []
+
+    def talk(i: int, client: Client) -> None:
+        for seq in range(per_sender):
+            client.send_text(f"say {i}:{seq}")
+
+    for i, client in enumerate(members):  # everybody talks at once
+        t = threading.Thread(target=talk, args=(i, client))
+        senders.append(t)
+        t.start()
+    for t in senders:
+        t.join(10)
+    for client in members:
+        got = texts(client, per_sender * len(members), timeout=20)
+        by_sender: dict[str, list[int]] = {}
+        for text in got:
+            who_, seq = text.split(":")
+            by_sender.setdefault(who_, []).append(int(seq))
+        # every message of every member exactly once, each sender's in the order sent
+        assert by_sender == {str(i): list(range(per_sender)) for i in range(len(members))}
+        client.expect_silence(0.2)
+
+
+def test_pid_send_between_servers_keeps_the_senders_order(cluster):
+    one, two = cluster(), cluster()
+    a = cluster.connect(one.port, "/")
+    b = cluster.connect(two.port, "/")
+    b_pid = ask(b, "me")
+    for i in range(200):
+        a.send_text(f"sendto {b_pid} {i}")
+    assert texts(a, 200) == ["sent"] * 200
+    assert texts(b, 200) == [str(i) for i in range(200)]
+
+
+def test_broadcast_is_published_once_per_node(cluster, redis_srv):
+    import redis
+    one, two = cluster(), cluster()
+    room = f"/g/{uuid.uuid4().hex}"
+    speaker = cluster.connect(one.port, room)
+    listeners = [cluster.connect(two.port, room) for _ in range(5)]
+    converge([speaker, listeners[0]], 6)
+    two_node = who(listeners[0])["node"]
+    spy = redis.Redis.from_url(redis_srv.url).pubsub()
+    try:
+        spy.psubscribe("cowboy_ws:node:*")
+        wait_until(lambda: spy.get_message(timeout=0.1) is not None, 5, "the spy subscribed")
+        speaker.send_text("say once")
+        for client in listeners + [speaker]:
+            assert texts(client, 1) == ["once"]
+        seen = []
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            msg = spy.get_message(timeout=0.1)
+            if msg is not None and msg["type"] == "pmessage":
+                seen.append((msg["channel"].decode(), pickle.loads(msg["data"])[0]))
+        assert seen == [(f"cowboy_ws:node:{two_node}", "b")]  # one publish for five members
+    finally:
+        spy.close()
+
+
+def test_redis_restart_no_crash_local_delivery_goes_on_remote_resumes(cluster, redis_srv):
+    one, two = cluster(), cluster()
+    room = f"/g/{uuid.uuid4().hex}"
+    a1, a2 = cluster.connect(one.port, room), cluster.connect(one.port, room)
+    b1 = cluster.connect(two.port, room)
+    converge([a1, b1], 3)
+    a1.send_text("say before")
+    assert texts(a1, 1) == texts(a2, 1) == texts(b1, 1) == ["before"]
+
+    redis_srv.stop()
+    one.wait_for(r"redis \S+ unreachable")
+    two.wait_for(r"redis \S+ unreachable")
+    # local delivery goes on during the outage, on both servers
+    a1.send_text("say during")
+    assert texts(a1, 1) == texts(a2, 1) == ["during"]
+    assert ask(a2, "who").startswith("worker=")
+    b1_self = ask(b1, "me")
+    assert ask(b1, f"sendto {b1_self} to myself") == "sent"
+    assert texts(b1, 1) == ["to myself"]
+    assert one.proc.poll() is None and two.proc.poll() is None
+
+    redis_srv.start()  # same port, empty: like a Redis that restarted without persistence
+    one.wait_for(r"redis \S+ reachable again after")
+    two.wait_for(r"redis \S+ reachable again after")
+    # remote delivery resumes: a connection of server one (in no group) probes b1's Pid until one
+    # crosses (what was published during the outage may or may not arrive: at most once)
+    prober = cluster.connect(one.port, "/")
+    deadline = time.monotonic() + 15
+    crossed = False
+    n = 0
+    while not crossed:
+        assert time.monotonic() < deadline, "remote delivery did not resume"
+        n += 1
+        assert ask(prober, f"sendto {b1_self} probe{n}") == "sent"
+        try:
+            while not crossed:
+                crossed = b1.recv_message(0.3)[1].startswith(b"probe")
+        except TimeoutError:
+            pass
+    try:
+        while True:  # later probes
+            b1.recv_message(0.5)
+    except TimeoutError:
+        pass
+    # the groups are whole again on both sides, and a broadcast crosses back
+    converge([a1, b1], 3)
+    b1.send_text("say after")
+    assert texts(b1, 1) == texts(a1, 1) == texts(a2, 1) == ["after"]
+    assert one.proc.poll() is None and two.proc.poll() is None
+
+
+# -- the Python API -----------------------------------------------------------------------------
+
+
+class Member:
+    """An in-process handler that joins the group given as route state and reports what it gets."""
+
+    got: list = []
+
+    @staticmethod
+    def init(req, state):
+        return ("cowboy_websocket", req, state)
+
+    @staticmethod
+    def websocket_init(state):
+        cowboy_ws.join(state)
+        return ("ok", state)
+
+    @staticmethod
+    def websocket_handle(frame, state):
+        return ("ok", state)
+
+    @staticmethod
+    def websocket_info(info, state):
+        return ("reply", ("text", f"info {info!r}"), state)
+
+
+def test_server_redis_url_in_process(cluster, redis_srv):
+    other = cluster()
+    group = uuid.uuid4().hex
+    remote_client = cluster.connect(other.port, f"/g/{group}")
+    server = cowboy_ws.Server([("/", Member, group)], port=0, redis_url=redis_srv.url, node_ttl=1.0,
+                              shutdown_grace=0.5).start()
+    try:
+        local_client = cluster.connect(server.port, "/")
+        wait_until(lambda: len(cowboy_ws.members(group)) == 2, 10, "both members seen in this process")
+        assert process.current_backend().name == "redis"
+        assert len(cowboy_ws.nodes()) == 1
+        remote = [p for p in cowboy_ws.members(group) if not p.local]
+        assert len(remote) == 1 and remote[0].alive
+        assert group in cowboy_ws.which_groups()
+        remote[0].send(("say", "from the test thread"))   # Pid ! Msg to another machine
+        assert texts(remote_client, 1) == ["from the test thread"]
+        assert cowboy_ws.broadcast(group, ("text", "both")) == 2
+        assert texts(local_client, 1) == ["both"] and texts(remote_client, 1) == ["both"]
+        with pytest.raises(Exception):
+            remote[0].send(lambda: None)                   # not picklable: the sender hears it
+    finally:
+        server.shutdown()
+    assert process.current_backend().name == "local"
+    other.wait_for(r"node \S+ stopped")                    # its member left, then it said goodbye
+    assert ask(remote_client, "count") == "1"
