@@ -371,23 +371,11 @@ def broadcast(group: Hashable, frame: Any, *, exclude: Pid | None = None) -> int
 def _flatten(frame: Any) -> tuple[str, bytes]:
     """A broadcast OutFrame as ``(kind, bytes)`` for other nodes (validated like encode_broadcast)."""
     from .protocol.errors import UsageError
-    from .websocket import normalize_frame
+    from .websocket import _iodata, normalize_frame
     kind, data, _code = normalize_frame(frame)
     if kind == "close":
         raise UsageError("cannot broadcast a close frame")
     return kind, _iodata(data)
-
-
-def _iodata(data: Any) -> bytes:
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        return data.encode()
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data)
-    if isinstance(data, (list, tuple)):
-        return b"".join(_iodata(part) for part in data)
-    raise TypeError(f"frame data must be bytes, str or a list of those, not {type(data).__name__}")
 
 
 def _fanout(targets: list[Pid], frame: Any, wire: bytes) -> None:

@@ -239,11 +239,16 @@ class WebSocketProcess:
             if sent < len(data):
                 self._send_queue().append(memoryview(data)[sent:] if sent else data)
                 self._pending_size = len(data) - sent
-                if self._pending_size > self.opts.send_high_water:
-                    self._check_send_buffer(0)
-                if not self.done:
-                    self._set_interest(self._wanted_events())
-                return
+        self._after_write()
+
+    def _after_write(self) -> None:
+        """After a direct write: water marks if the kernel left some, close if due, selector interest."""
+        if self._pending:
+            if self._pending_size > self.opts.send_high_water:
+                self._check_send_buffer(0)
+            if not self.done:
+                self._set_interest(self._wanted_events())
+            return
         if self._close_after_flush:
             self._after_close_flushed()
             return
@@ -268,15 +273,7 @@ class WebSocketProcess:
                     break
                 sent -= len(buf)
             self._pending_size = sum(map(len, self._pending))  # type: ignore[arg-type]
-            if self._pending_size > self.opts.send_high_water:
-                self._check_send_buffer(0)
-            if not self.done:
-                self._set_interest(self._wanted_events())
-            return
-        if self._close_after_flush:
-            self._after_close_flushed()
-            return
-        self._set_interest(self._wanted_events())
+        self._after_write()
 
     def _send_queue(self) -> deque:
         if self._pending is None:
