@@ -6,9 +6,13 @@ connection path, turn frames into messages (checking UTF-8 for text, §8.1).
 
 Parsers compared (all pure Python unless noted):
 
-* ``cowboy FrameParser``  ``cowboy_ws.protocol.frames.FrameParser.feed`` (frames only)
-* ``cowboy Connection``   ``cowboy_ws.protocol.connection.Connection("server").receive_data``
-  (messages, UTF-8 checked)
+* ``cowboy FrameParser (C)`` / ``(pure)``  ``cowboy_ws.protocol.frames.FrameParser.feed``
+  (frames only)
+* ``cowboy Connection (C)`` / ``(pure)``  ``cowboy_ws.protocol.connection.Connection("server")
+  .receive_data`` (messages, UTF-8 checked).  The backend is chosen at import: the
+  ``(C)`` rows use cowboy_ws as imported (C when built and ``COWBOY_WS_PURE`` is unset),
+  the ``(pure)`` rows a second copy of the package imported with ``COWBOY_WS_PURE=1``
+  in the same process, so every row is measured in the same interleaved rounds
 * ``websockets Frame.parse``  the generator-based ``websockets.frames.Frame.parse`` on a
   ``websockets.streams.StreamReader`` (frames only; unmasks with websockets' C ``speedups``)
 * ``websockets Protocol``  ``websockets.protocol.Protocol(SERVER)`` (state OPEN)
@@ -19,16 +23,22 @@ Parsers compared (all pure Python unless noted):
 * ``wsproto FrameProtocol``  ``wsproto.frame_protocol.FrameProtocol(client=False)``
   ``receive_bytes`` + ``received_frames`` (text decoded to str)
 * ``wsproto Connection``  ``wsproto.connection.Connection(SERVER)`` ``receive_data`` + ``events``
+* ``aiohttp WebSocketReader (C)``  aiohttp's Cython ``_websocket.reader_c.WebSocketReader``
+  (its default) ``feed_data`` into a ``WebSocketDataQueue`` whose deque is cleared after each
+  feed (messages, text decoded to str; a new reader + queue per 1000-frame buffer)
+* ``picows WSProtocol (C)``  picows' Cython ``WSProtocol`` (server side, after a handshake)
+  on a fake transport, fed with ``get_buffer`` / ``buffer_updated`` as asyncio does; a
+  Python ``WSListener.on_ws_frame`` takes each payload as bytes and counts
 
 Each is fed a buffer of ``--frames`` (default 1000) frames in chunks of 1000, 64
 (about what one TCP read brings under load) and 1 frame(s). The table gives the
 median over ``--rounds`` (>= 5) interleaved rounds of frames/s of CPU time
-(``time.process_time``), us/frame, and the ratio to ``websockets Protocol`` at
-the same chunk size (> 1 is faster than websockets)::
+(``time.process_time``), us/frame, and the ratios to ``websockets Protocol`` and to
+``cowboy Connection (C)`` at the same chunk size (> 1 is faster)::
 
-    python bench/bench_parser.py             # about 45 s
+    python bench/bench_parser.py             # about 65 s
     python bench/bench_parser.py --quick     # about 15 s
-    python bench/bench_parser.py --profile   # cProfile of cowboy Connection, top 10 by tottime
+    python bench/bench_parser.py --profile   # cProfile of cowboy Connection (pure), top 10 by tottime
     python bench/bench_parser.py --callgrind # instructions/frame under valgrind: noise-free, ~4 min
     python -m pytest bench/bench_parser.py --benchmark-only   # pytest-benchmark, CPU timer
 """
@@ -49,6 +59,37 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from cowboy_ws.protocol import kernels  # noqa: E402
 from cowboy_ws.protocol.connection import Connection  # noqa: E402
 from cowboy_ws.protocol.frames import OP_TEXT, FrameParser, serialize_frame  # noqa: E402
+
+
+def _import_pure_cowboy() -> tuple[type, type]:
+    """A second copy of cowboy_ws imported with ``COWBOY_WS_PURE=1``: (FrameParser, Connection).
+
+    The backend is chosen at import, so the pure one is a separate set of module
+    objects living beside the ones above (which keep whatever backend the
+    environment selected); ``sys.modules`` is put back afterwards.
+    """
+    saved = {k: m for k, m in sys.modules.items() if k == "cowboy_ws" or k.startswith("cowboy_ws.")}
+    old_env = os.environ.get("COWBOY_WS_PURE")
+    for k in saved:
+        del sys.modules[k]
+    os.environ["COWBOY_WS_PURE"] = "1"
+    try:
+        from cowboy_ws.protocol import kernels as pk
+        from cowboy_ws.protocol.connection import Connection as PConnection
+        from cowboy_ws.protocol.frames import FrameParser as PFrameParser
+        assert pk.BACKEND == "python"
+    finally:
+        for k in [k for k in sys.modules if k == "cowboy_ws" or k.startswith("cowboy_ws.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        if old_env is None:
+            del os.environ["COWBOY_WS_PURE"]
+        else:
+            os.environ["COWBOY_WS_PURE"] = old_env
+    return PFrameParser, PConnection
+
+
+PureFrameParser, PureConnection = _import_pure_cowboy()
 
 PAYLOAD = b"0123456789abcdef"  # 16 bytes, ASCII text
 KEY = bytes.fromhex("37fa213d")
@@ -73,8 +114,22 @@ def chunks(buf: bytes, per_chunk: int) -> list[bytes]:
 # --- the parsers: each factory returns a function that consumes a list of chunks and returns
 # --- the number of frames/messages it got (so that the work is not optimised away and is checked)
 
+def _need_c() -> None:
+    if kernels.BACKEND != "c":
+        raise ImportError(f"cowboy_ws C backend not active: {kernels.C_UNAVAILABLE}")
+
+
+def cowboy_frameparser_c() -> Callable[[list[bytes]], int]:
+    _need_c()
+    return _cowboy_frameparser(FrameParser)
+
+
 def cowboy_frameparser() -> Callable[[list[bytes]], int]:
-    p = FrameParser(mask_required=True)
+    return _cowboy_frameparser(PureFrameParser)
+
+
+def _cowboy_frameparser(cls: type) -> Callable[[list[bytes]], int]:
+    p = cls(mask_required=True)
     feed = p.feed
 
     def run(parts: list[bytes]) -> int:
@@ -85,8 +140,17 @@ def cowboy_frameparser() -> Callable[[list[bytes]], int]:
     return run
 
 
+def cowboy_connection_c() -> Callable[[list[bytes]], int]:
+    _need_c()
+    return _cowboy_connection(Connection)
+
+
 def cowboy_connection() -> Callable[[list[bytes]], int]:
-    c = Connection("server")
+    return _cowboy_connection(PureConnection)
+
+
+def _cowboy_connection(cls: type) -> Callable[[list[bytes]], int]:
+    c = cls("server")
     receive = c.receive_data
 
     def run(parts: list[bytes]) -> int:
@@ -189,16 +253,131 @@ def wsproto_connection() -> Callable[[list[bytes]], int]:
     return run
 
 
+def aiohttp_reader() -> Callable[[list[bytes]], int]:
+    """aiohttp's Cython ``reader_c.WebSocketReader`` (what aiohttp uses by default) into its queue."""
+    from aiohttp._websocket.reader_c import WebSocketDataQueue, WebSocketReader
+
+    class _Protocol:  # what the queue touches for flow control
+        _reading_paused = False
+
+        def pause_reading(self) -> None:
+            raise AssertionError("queue limit reached")
+
+        def resume_reading(self) -> None:
+            pass
+    proto = _Protocol()
+
+    def run(parts: list[bytes]) -> int:
+        # a fresh queue per buffer: the queue's byte count (_size, read-only) only shrinks
+        # through the async read(); the buffer is cleared after every feed instead
+        q = WebSocketDataQueue(proto, 1 << 30, loop=None)
+        r = WebSocketReader(q, 1 << 20, False, True)  # max_msg_size, compress, decode_text
+        feed, buffer = r.feed_data, q._buffer
+        n = 0
+        for part in parts:
+            feed(part)
+            n += len(buffer)
+            buffer.clear()
+        return n
+    return run
+
+
+def picows_protocol() -> Callable[[list[bytes]], int]:
+    """picows' Cython ``WSProtocol`` (server side) on a fake transport, fed through
+    ``get_buffer``/``buffer_updated`` as asyncio does; a Python ``WSListener`` counts the frames."""
+    import asyncio
+    import logging
+    from picows import WSListener, WSMsgType
+    from picows.picows import WSAutoPingStrategy, WSProtocol
+
+    class _Sock:
+        def setsockopt(self, *a: object) -> None:
+            pass
+
+        def getsockopt(self, *a: object) -> int:
+            return 0
+
+        def fileno(self) -> int:
+            return -1
+
+    class _Transport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = bytearray()
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return {"socket": _Sock(), "peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name)
+
+        def write(self, data: bytes) -> None:  # type: ignore[override]
+            self.out += data
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    class _Listener(WSListener):
+        n = 0
+
+        def on_ws_frame(self, transport: object, frame: object) -> None:
+            if frame.msg_type == WSMsgType.TEXT:  # type: ignore[attr-defined]
+                frame.get_payload_as_bytes()  # type: ignore[attr-defined]
+                self.n += 1
+
+    listener = _Listener()
+    logger = logging.getLogger("bench.picows")
+    logger.setLevel(logging.WARNING)
+
+    async def make() -> WSProtocol:  # WSProtocol wants a running loop when built
+        return WSProtocol(None, None, False, lambda req: listener, logger, True, None,
+                          False, 10.0, 10.0, WSAutoPingStrategy.PING_WHEN_IDLE, True,
+                          1 << 20, None, 64 * 1024)
+    loop = asyncio.new_event_loop()  # kept open: the protocol holds it
+    proto = loop.run_until_complete(make())
+    transport = _Transport()
+    proto.connection_made(transport)
+    get_buffer, updated = proto.get_buffer, proto.buffer_updated
+
+    def feed(data: bytes) -> None:
+        buf = get_buffer(-1)
+        n = len(data)
+        if len(buf) >= n:  # the usual case: one copy, as the event loop's recv_into would do
+            buf[:n] = data
+            updated(n)
+            return
+        view = memoryview(data)
+        while view:
+            buf = get_buffer(-1)
+            k = min(len(buf), len(view))
+            buf[:k] = view[:k]
+            updated(k)
+            view = view[k:]
+    feed(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    if not transport.out.startswith(b"HTTP/1.1 101"):
+        raise ImportError(f"picows handshake on a fake transport failed: {bytes(transport.out[:60])!r}")
+
+    def run(parts: list[bytes]) -> int:
+        listener.n = 0
+        for part in parts:
+            feed(part)
+        return listener.n
+    return run
+
+
 PARSERS: dict[str, Callable[[], Callable[[list[bytes]], int]]] = {
-    "cowboy FrameParser": cowboy_frameparser,
-    "cowboy Connection": cowboy_connection,
+    "cowboy FrameParser (C)": cowboy_frameparser_c,
+    "cowboy Connection (C)": cowboy_connection_c,
+    "cowboy FrameParser (pure)": cowboy_frameparser,
+    "cowboy Connection (pure)": cowboy_connection,
     "websockets Frame.parse": websockets_frame_parse,
     "websockets Protocol": websockets_protocol,
     "websockets Protocol, py mask": websockets_protocol_pymask,
     "wsproto FrameProtocol": wsproto_frameprotocol,
     "wsproto Connection": wsproto_connection,
+    "aiohttp WebSocketReader (C)": aiohttp_reader,
+    "picows WSProtocol (C)": picows_protocol,
 }
 BASELINE = "websockets Protocol"
+BASELINE_C = "cowboy Connection (C)"
 CHUNKS = (1000, 64, 1)
 
 
@@ -208,8 +387,8 @@ def available() -> dict[str, Callable[[], Callable[[list[bytes]], int]]]:
         try:
             fn = factory()
             fn([build_buffer(2)])
-        except ImportError as exc:
-            print(f"# skipping {name}: {exc}", file=sys.stderr)
+        except Exception as exc:  # not installed, no C backend, or a peer's internals changed
+            print(f"# skipping {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         out[name] = factory
     return out
@@ -248,16 +427,20 @@ def bench(nframes: int, rounds: int, budget: float, chunk_sizes: tuple[int, ...]
             results[key].append(measure_once(run, parts, nframes, budget))
     print(f"16-byte masked text frames, {nframes} per buffer; CPU time (process_time), "
           f"median of {rounds} interleaved rounds of >= {budget:.2f} s; kernels backend: {kernels.BACKEND}")
-    print(f"ratio = frames/s / frames/s of {BASELINE!r} at the same chunk size (> 1: faster)")
-    print(f"{'parser':<30} {'frames/feed':>11} {'frames/s':>11} {'us/frame':>9} {'ratio':>6} {'spread':>7}")
+    print(f"vs ws = frames/s / frames/s of {BASELINE!r}, vs C = the same over {BASELINE_C!r}, "
+          f"at the same chunk size (> 1: faster)")
+    print(f"{'parser':<30} {'frames/feed':>11} {'frames/s':>11} {'us/frame':>9} {'vs ws':>6} {'vs C':>6} "
+          f"{'spread':>7}")
     for c in chunk_sizes:
         base = statistics.median(results[BASELINE, c]) if (BASELINE, c) in results else None
+        base_c = statistics.median(results[BASELINE_C, c]) if (BASELINE_C, c) in results else None
         for name in parsers:
             vals = results[name, c]
             med = statistics.median(vals)
             spread = (max(vals) - min(vals)) / med
             ratio = f"{med / base:6.2f}" if base else "     -"
-            print(f"{name:<30} {c:>11} {med:>11,.0f} {1e6 / med:>9.3f} {ratio} {spread:>6.0%}")
+            ratio_c = f"{med / base_c:6.2f}" if base_c else "     -"
+            print(f"{name:<30} {c:>11} {med:>11,.0f} {1e6 / med:>9.3f} {ratio} {ratio_c} {spread:>6.0%}")
         print()
 
 
@@ -274,7 +457,7 @@ def profile(nframes: int) -> None:
         for _ in range(200):
             run(parts)
         pr.disable()
-        print(f"== {label}: {200 * nframes} frames, top 10 by tottime")
+        print(f"== {label} (pure): {200 * nframes} frames, top 10 by tottime")
         pstats.Stats(pr).sort_stats("tottime").print_stats(10)
 
 
@@ -315,7 +498,7 @@ def callgrind(nframes: int, chunk_sizes: str, quick: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="about 15 s instead of about 45 s")
+    ap.add_argument("--quick", action="store_true", help="about 15 s instead of about 65 s")
     ap.add_argument("--frames", type=int, default=1000, help="frames per buffer (default 1000)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, --quick 5)")
     ap.add_argument("--budget", type=float, default=None,
@@ -359,6 +542,12 @@ def test_bench_parse(benchmark, name: str, chunk: int) -> None:
         pytest.importorskip("websockets")
     if name.startswith("wsproto"):
         pytest.importorskip("wsproto")
+    if name.startswith("aiohttp"):
+        pytest.importorskip("aiohttp._websocket.reader_c")
+    if name.startswith("picows"):
+        pytest.importorskip("picows")
+    if name.endswith("(C)") and name.startswith("cowboy") and kernels.BACKEND != "c":
+        pytest.skip(f"cowboy_ws C backend not active: {kernels.C_UNAVAILABLE}")
     run = PARSERS[name]()
     parts = chunks(build_buffer(1000), chunk)
     benchmark.group = f"parse-16B-{chunk}-per-feed"
