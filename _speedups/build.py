@@ -39,6 +39,8 @@ int64_t cw_serialize_frames(char *out, const char *src, const char *keys, const 
 #define CW_MASK_REQUIRED 1
 #define CW_RSV1_ALLOWED 2
 #define CW_HAS_LIMIT 4
+#define CW_LEAVE_LARGE 8
+#define CW_LARGE_PAYLOAD 8192
 
 #define CW_E_RSV23 1
 #define CW_E_RSV1 2

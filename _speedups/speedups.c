@@ -360,7 +360,7 @@ int64_t cw_parse_frames(const char *csrc, char *dst, size_t n, size_t pos, int f
                 break;
             start += 4;
             end = start + (size_t)length;
-            if (length)
+            if (length && !((flags & CW_LEAVE_LARGE) && length >= CW_LARGE_PAYLOAD))
                 cw_mask(dst + start, csrc + start, (size_t)length, csrc + start - 4);
         } else {
             if ((uint64_t)(n - start) < length)

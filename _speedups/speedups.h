@@ -34,7 +34,8 @@ int64_t cw_utf8_feed(const char *data, size_t n, int64_t state);
  *
  * Parses the complete frames of src[pos..n), at most `cap`, checking every
  * per-frame rule in the reference's order.  flags: CW_MASK_REQUIRED,
- * CW_RSV1_ALLOWED, CW_HAS_LIMIT (then payload lengths above `limit` fail).
+ * CW_RSV1_ALLOWED, CW_HAS_LIMIT (then payload lengths above `limit` fail),
+ * CW_LEAVE_LARGE (see CW_LARGE_PAYLOAD below).
  * Masked payloads are written unmasked to dst at the same offsets (dst == src:
  * in place; dst is not used for unmasked frames, whose payloads stay in src).
  * rec[0] = position after the last complete frame parsed, rec[1] = frames
@@ -58,6 +59,10 @@ int64_t cw_serialize_frames(char *out, const char *src, const char *keys, const 
 #define CW_MASK_REQUIRED 1
 #define CW_RSV1_ALLOWED 2
 #define CW_HAS_LIMIT 4
+#define CW_LEAVE_LARGE 8
+/* With CW_LEAVE_LARGE, masked payloads of at least this many bytes are left masked in `src`
+ * (not written to `dst`): the caller unmasks each straight into its own result buffer. */
+#define CW_LARGE_PAYLOAD 8192
 
 #define CW_E_RSV23 1        /* RSV2/RSV3 set */
 #define CW_E_RSV1 2         /* RSV1 set, not negotiated */

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import mmap
 import selectors
 import socket
 import threading
@@ -87,8 +88,10 @@ class Loop:
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
         #: One receive buffer for every connection of this loop (reads are handled one at a time):
-        #: recv_into it avoids allocating (and page-faulting) a fresh buffer per read.
-        self.read_buffer = bytearray(READ_BUFFER_SIZE)
+        #: recv_into it avoids allocating (and page-faulting) a fresh buffer per read.  An anonymous
+        #: mapping, so it is page-aligned: the kernel's copy into a misaligned destination was
+        #: measured ~13 % slower (64 KiB echo: server system time 22.7 -> 19.8 us per message).
+        self.read_buffer = mmap.mmap(-1, READ_BUFFER_SIZE)
         #: permessage-deflate compressors shared by this loop's connections without server
         #: context takeover (see cowboy_ws.protocol.deflate.PerMessageDeflate).
         self.deflaters: dict = {}

@@ -194,6 +194,35 @@ def test_buffer_kept_between_feeds_and_release():
     assert p.buffered == 0
 
 
+def test_split_frame_completed_without_buffering_what_follows():
+    """A frame split over two reads: only its missing bytes are buffered, the frames after it parse in place."""
+    big = bytes(range(256)) * 300  # 76,800 bytes: a 64-bit length
+    wire = (serialize_frame(OP_BINARY, big, mask_key=KEY) + serialize_frame(OP_TEXT, b"a", mask_key=KEY)
+            + serialize_frame(OP_PING, b"p", mask_key=KEY))
+    tail = serialize_frame(OP_BINARY, b"xyz" * 100, mask_key=KEY)
+    for cut in (1, 2, 5, 13, 14, 15, 40_000):
+        p = server_parser()
+        assert p.feed(wire[:cut]) == []
+        assert p.buffered == cut
+        out = p.feed(wire[cut:] + tail[:7])
+        assert norm(out) == [(OP_BINARY, True, False, big), (OP_TEXT, True, False, b"a"),
+                             (OP_PING, True, False, b"p")]
+        assert all(type(f[3]) is bytes for f in out)
+        assert p.buffered == 7  # just the start of the next frame
+        assert norm(p.feed(memoryview(tail)[7:])) == [(OP_BINARY, True, False, b"xyz" * 100)]
+        assert p.buffered == 0
+
+
+def test_split_header_checked_before_its_payload_is_buffered():
+    """A header completed by the next read is checked first: an oversized frame fails without buffering."""
+    p = server_parser(max_frame_size=1000)
+    wire = serialize_frame(OP_BINARY, bytes(2000), mask_key=KEY)
+    assert p.feed(wire[:3]) == []
+    with pytest.raises(MessageTooBig):
+        p.feed(wire[3:])
+    assert p.buffered < 20
+
+
 # -- properties --------------------------------------------------------------------
 
 frames_st = st.lists(

@@ -131,21 +131,53 @@ class FrameParser:
     def feed(self, data: BytesLike) -> list[Frame]:
         """Consume ``data``; return every frame it completes, in order (RFC 6455 §5.2)."""
         buf = self._buf
-        if buf:
-            buf += data
-            data = buf
         frames: list[Frame] = []
         try:
+            if buf:
+                # Complete the frame begun in an earlier chunk by moving only its own missing
+                # bytes into the buffer; the frames after it are parsed where they lie.
+                data = self._complete_head(data, frames)
+                if buf:
+                    return frames
             pos = self._parse(data, frames)
         except ProtocolError as exc:
             exc.frames = frames  # type: ignore[attr-defined]
             raise
-        rest = len(data) - pos
-        if data is buf:
-            del buf[:pos]
-        elif rest:
+        if pos < len(data):
             buf += data[pos:]
         return frames
+
+    def _complete_head(self, data: BytesLike, frames: list[Frame]) -> BytesLike:
+        """Move bytes of ``data`` into the buffer until its frame is complete; return the rest of ``data``.
+
+        Takes at most what the buffered frame still lacks (first its header, checked by
+        ``_parse`` as soon as it is whole, then its payload), so that a large frame split
+        over two reads is copied once, not the whole second read with it.
+        """
+        buf = self._buf
+        n = len(data)
+        used = 0
+        while buf and used < n:
+            have = len(buf)
+            if have < 2:
+                need = 2
+            else:
+                b1 = buf[1]
+                length = b1 & 0x7F
+                need = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+                if have >= need:  # the header is whole (and was checked): add the payload's length
+                    if length == 126:
+                        length = (buf[2] << 8) | buf[3]
+                    elif length == 127:
+                        length = int.from_bytes(buf[2:10], "big")
+                    need += length
+            take = min(need - have, n - used)
+            buf += data[used:used + take]
+            used += take
+            if len(buf) == need:
+                pos = self._parse(buf, frames)
+                del buf[:pos]
+        return data[used:] if used else data
 
     def _parse(self, data: BytesLike, frames: list[Frame]) -> int:
         """Append the complete frames of ``data`` to ``frames``; return the bytes used."""
