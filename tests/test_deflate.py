@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cowboy_ws.protocol.deflate import (
+    _HISTORY_LIMIT,
     DEFAULT_LEVEL,
     EXTENSION_NAME,
     DeflateOptions,
@@ -656,6 +657,181 @@ def test_release_mid_message_keeps_inflater() -> None:
     assert out == HELLO
     server.release()
     assert server.memory_estimate() == 0
+
+
+SUBSCRIBE = b'{"type": "subscribe", "channel": "orders", "filters": ["book", "trades"]}'
+
+
+def fresh_inflate(payload: bytes) -> bytes:
+    """Inflate one §7.2.1 payload with an empty window (raises zlib.error on a reference before it)."""
+    return zlib.decompressobj(-15).decompress(payload + TAIL)
+
+
+def test_release_drops_inflater_keeps_window_under_history_limit() -> None:
+    """RFC 7692 §7.2.2: with client context takeover, while little has been inflated, release()
+    drops the inflater and keeps its window (the output so far); messages that refer back to
+    earlier ones still inflate after each release."""
+    client, server = client_codec(), server_codec()
+    first, second = client.compress(SUBSCRIBE), client.compress(SUBSCRIBE)
+    assert len(second) < 12  # a back-reference into the first message...
+    with pytest.raises(zlib.error):
+        fresh_inflate(second)  # ...which a fresh inflater cannot resolve
+    assert server.decompress(first, True, None) == SUBSCRIBE
+    server.release()
+    assert server._inflater is None
+    assert server.memory_estimate() == len(SUBSCRIBE)  # the window copy only, no zlib object
+    assert server.decompress(second, True, None) == SUBSCRIBE
+    sent = [SUBSCRIBE, SUBSCRIBE]
+    for i in range(10):
+        server.release()
+        assert server._inflater is None
+        message = SUBSCRIBE.replace(b"orders", b"orders-%d" % i) + HELLO * i
+        assert server.decompress(client.compress(message), True, None) == message
+        sent.append(message)
+    assert sum(map(len, sent)) <= _HISTORY_LIMIT
+    assert server.memory_estimate() > 32 * 1024  # awake again: the rebuilt inflater
+
+
+def test_release_keeps_inflater_past_history_limit() -> None:
+    """RFC 7692 §7.2.2: once more than _HISTORY_LIMIT bytes were inflated, release() keeps the
+    inflater (its window is worth keeping as is); back-references keep working."""
+    client, server = client_codec(), server_codec()
+    chunk = bytes(range(256)) * 4  # 1 KiB
+    total = 0
+    i = 0
+    while total <= _HISTORY_LIMIT + 2048:
+        message = b"%d:" % i + chunk
+        assert server.decompress(client.compress(message), True, None) == message
+        total += len(message)
+        server.release()
+        assert (server._inflater is None) == (total <= _HISTORY_LIMIT), total
+        i += 1
+    assert server.memory_estimate() > 32 * 1024
+    again = client.compress(b"0:" + chunk)  # the first message again, all back-references
+    with pytest.raises(zlib.error):
+        fresh_inflate(again)
+    assert server.decompress(again, True, None) == b"0:" + chunk
+    server.release()
+    assert server._inflater is not None
+
+
+def test_release_between_fragments_keeps_inflater_then_drops_it() -> None:
+    """RFC 7692 §7.2.2: a half-received message keeps its inflater across release(); once it is
+    whole (still under the history limit) release() drops it and the window survives."""
+    client, server = client_codec(), server_codec()
+    assert server.decompress(client.compress(SUBSCRIBE), True, None) == SUBSCRIBE
+    server.release()
+    assert server._inflater is None
+    message = SUBSCRIBE + b" and " + SUBSCRIBE
+    payload = client.compress(message)
+    frames = [payload[:3], payload[3:-2], payload[-2:]]
+    out = server.decompress(frames[0], False, None)
+    server.release()
+    assert server._inflater is not None
+    out += server.decompress(frames[1], False, None)
+    server.release()
+    assert server._inflater is not None
+    out += server.decompress(frames[2], True, None)
+    assert out == message
+    server.release()
+    assert server._inflater is None
+    assert server.memory_estimate() == len(SUBSCRIBE) + len(message)
+    last = client.compress(message)
+    with pytest.raises(zlib.error):
+        fresh_inflate(last)
+    assert server.decompress(last, True, None) == message
+
+
+@pytest.mark.parametrize("error", ["corrupt", "too_big"])
+def test_error_resets_kept_window(error: str) -> None:
+    """RFC 7692 §7.2.2, RFC 6455 §7.4.1 (1002, 1009): an error drops the inflater and its window
+    copy; a new stream then starts with an empty window, released or not."""
+    client, server = client_codec(), server_codec()
+    assert server.decompress(client.compress(SUBSCRIBE), True, None) == SUBSCRIBE
+    server.release()
+    stale = client.compress(SUBSCRIBE)  # would refer back to the first message
+    if error == "corrupt":
+        with pytest.raises(FrameError):
+            server.decompress(b"\xff\xff\xff\xff\xff", True, None)
+    else:
+        with pytest.raises(MessageTooBig):
+            server.decompress(client.compress(HELLO * 100), True, 10)
+    assert server._inflater is None and server._history == b""
+    server.release()
+    assert server.memory_estimate() == 0
+    with pytest.raises(FrameError):  # the old window is gone
+        server.decompress(stale, True, None)
+    client, server = client_codec(), server_codec()
+    for _ in range(3):
+        assert server.decompress(client.compress(SUBSCRIBE), True, None) == SUBSCRIBE
+        server.release()
+        assert server._inflater is None
+
+
+def test_error_past_history_limit_tracks_again() -> None:
+    """After an error the inflate stream starts over, so its window can be kept again on release()."""
+    client, server = client_codec(), server_codec()
+    big = bytes(range(256)) * (_HISTORY_LIMIT // 256 + 1)
+    assert server.decompress(client.compress(big), True, None) == big
+    server.release()
+    assert server._inflater is not None
+    with pytest.raises(FrameError):
+        server.decompress(b"\xff\xff\xff\xff\xff", True, None)
+    client = client_codec()
+    assert server.decompress(client.compress(SUBSCRIBE), True, None) == SUBSCRIBE
+    server.release()
+    assert server._inflater is None
+    assert server.decompress(client.compress(SUBSCRIBE), True, None) == SUBSCRIBE
+
+
+@pytest.mark.parametrize("hibernate", [False, True])
+def test_bfinal_clears_kept_window(hibernate: bool) -> None:
+    """RFC 7692 §7.2.3.5: after a BFINAL-ended message the next one starts with an empty window,
+    whether or not release() ran in between (the kept output is cleared with the stream)."""
+    client, server = client_codec(), server_codec()
+    assert server.decompress(client.compress(SUBSCRIBE), True, None) == SUBSCRIBE
+    backref = client.compress(SUBSCRIBE)
+    assert server.decompress(bytes.fromhex("f348cdc9c9070000"), True, None) == HELLO
+    if hibernate:
+        server.release()
+        assert server._inflater is None and server.memory_estimate() == 0
+    with pytest.raises(FrameError):
+        server.decompress(backref, True, None)
+    assert server.decompress(HELLO_DEFLATED, True, None) == HELLO
+    server.release()
+    assert server._inflater is None
+    assert server.decompress(bytes.fromhex("f200110000"), True, None) == HELLO  # refers to the HELLO before
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    level=st.sampled_from([1, 6, 9]),
+    bits=st.integers(9, 15),
+    messages=st.lists(messages_st, min_size=1, max_size=4).map(lambda groups: [m for g in groups for m in g]),
+    data=st.data(),
+)
+def test_release_anywhere_round_trip(level, bits, messages, data) -> None:
+    """RFC 7692 §7.2.2: release() between any two frames (hibernation) never changes what a
+    context-takeover stream inflates to; between messages, under the history limit, it frees the inflater."""
+    params = DeflateParams(client_max_window_bits=bits)
+    client = PerMessageDeflate(False, params, DeflateOptions(level=level))
+    server = PerMessageDeflate(True, params)
+    awake = PerMessageDeflate(True, params)
+    total = 0
+    for message in messages:
+        frames = split_points(data, client.compress(message))
+        out = b""
+        for i, frame in enumerate(frames):
+            final = i == len(frames) - 1
+            if data.draw(st.booleans()):
+                server.release()
+                if i > 0:
+                    assert server._inflater is not None  # a message is half received
+            out += server.decompress(frame, final, None)
+        assert out == message == inflate_frames(awake, frames)
+        total += len(message)
+        server.release()
+        assert (server._inflater is None) == (total <= _HISTORY_LIMIT)
 
 
 def test_no_forbidden_imports() -> None:
