@@ -42,8 +42,12 @@ import statistics
 import struct
 import sys
 import time
-import zlib
 from typing import Any, Callable
+
+try:  # the load client inflates every compressed reply: zlib-ng's inflate is the cheaper one
+    from zlib_ng import zlib_ng as zlib
+except ImportError:  # pragma: no cover - zlib-ng is a dependency of cowboy_ws itself
+    import zlib  # type: ignore[no-redef]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -448,7 +452,7 @@ class DeflateReplies:
                 if h + ln > len(buf):
                     raise ConnectionError(f"reply frame of {ln} bytes is too big for this client")
                 break
-            payload = bytes(buf[pos + h:pos + h + ln])
+            payload = bytes(self.view[pos + h:pos + h + ln])
             pos += h + ln
             op = b0 & 0x0F
             if op >= 8:

@@ -182,9 +182,11 @@ class Connection:
         try:
             for frame in frames:
                 opcode, fin, rsv1, payload = frame
-                # fast path: a whole uncompressed data message while open
-                if (fin and not rsv1 and (opcode == OP_TEXT or opcode == OP_BINARY) and self.state is OPEN
+                # fast path: a whole data message, compressed or not, while open
+                if (fin and (opcode == OP_TEXT or opcode == OP_BINARY) and self.state is OPEN
                         and self._msg_kind is None and not self._partial_checked):
+                    if rsv1:  # RFC 7692 §7.2.2; bounded by max_frame_size like a reassembled message
+                        payload = self.deflate.decompress(payload, True, self.max_frame_size)  # type: ignore[union-attr]
                     if opcode == OP_TEXT:
                         if self.validate_utf8 and not validate_utf8(payload):
                             raise InvalidUtf8("text message is not valid UTF-8 (RFC 6455 §8.1)")
@@ -325,7 +327,13 @@ class Connection:
                 data = _as_bytes(data)
         n = len(data)
         if self.compress and self.deflate.should_compress(n):  # type: ignore[union-attr]
-            self._out.append(self._frame(opcode, self.deflate.compress(data), rsv1=True))  # type: ignore[union-attr]
+            payload = self.deflate.compress(data)  # type: ignore[union-attr]
+            if self._mask_key is not None:
+                self._out.append(self._frame(opcode, payload, rsv1=True))
+            elif len(payload) < 126:  # RSV1 on the (only) frame, RFC 7692 §6.1
+                self._out.append(bytes((0xC0 | opcode, len(payload))) + payload)
+            else:
+                self._out.append(frame_header(opcode, len(payload), rsv1=True) + payload)
         elif self._mask_key is not None:
             self._out.append(self._frame(opcode, data))
         elif n < 126:  # the common small server frame: one allocation

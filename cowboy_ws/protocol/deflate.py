@@ -393,6 +393,7 @@ class PerMessageDeflate:
         # Never compress with a larger window than agreed (RFC 7692 §7.1.2);
         # a smaller one (our own limit, at least 9) is always fine.
         self._send_wbits = -min(agreed_bits, max(9, own_bits))
+        self._shared_key = (options.level, self._send_wbits, options.mem_level, options.strategy)
         self._deflater: Any = None  # zlib compressobj
         self._inflater: Any = None  # zlib decompressobj
         #: All output of the current inflate stream while it is at most _HISTORY_LIMIT bytes (the
@@ -423,7 +424,7 @@ class PerMessageDeflate:
             raise UsageError("cannot compress: the agreed window (8 bits) is below what zlib can deflate with")
         o = self.options
         if self._send_no_takeover and self._shared is not None:
-            key = (o.level, self._send_wbits, o.mem_level, o.strategy)
+            key = self._shared_key
             deflater = self._shared.get(key)
             if deflater is None:
                 deflater = self._shared[key] = zlib.compressobj(o.level, zlib.DEFLATED, *key[1:])
@@ -474,14 +475,24 @@ class PerMessageDeflate:
             else:
                 inflater = self._inflater = zlib.decompressobj(_INFLATE_WBITS)
         self._in_message = not final
-        limit = None if max_size is None else max(max_size, 0)
-        pieces: list[bytes] = []
         try:
-            if not self._ended:
+            if self._ended:
+                out = b""
+            else:
                 if final:  # one zlib call with the tail appended (a frame is small next to its output)
-                    self._inflate(inflater, b"".join((data, _TAIL)), limit, pieces, 0)
-                else:
-                    self._inflate(inflater, data, limit, pieces, 0)
+                    data = data + _TAIL if type(data) is bytes else b"".join((data, _TAIL))
+                if max_size is None:
+                    out = inflater.decompress(data)
+                else:  # the first bounded call inline: a message usually fits in it
+                    limit = max(max_size, 0)
+                    want = min(limit + 1, _FIRST_CHUNK)
+                    out = inflater.decompress(data, want)
+                    if len(out) > limit:
+                        raise MessageTooBig(f"permessage-deflate: inflated message exceeds {limit} bytes")
+                    if len(out) == want and not inflater.eof:  # input or output left in zlib
+                        pieces = [out]
+                        self._inflate(inflater, inflater.unconsumed_tail, limit, pieces, len(out))
+                        out = b"".join(pieces)
                 self._ended = inflater.eof
         except zlib.error as exc:
             self._reset_inflater()
@@ -489,7 +500,6 @@ class PerMessageDeflate:
         except MessageTooBig:
             self._reset_inflater()
             raise
-        out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         history = self._history
         if history is not None:  # None from the bound on: no further cost
             if len(history) + len(out) <= _HISTORY_LIMIT:
@@ -513,11 +523,11 @@ class PerMessageDeflate:
     def _inflate(
         inflater: Any,
         data: bytes | bytearray | memoryview,
-        limit: int | None,
+        limit: int,
         pieces: list[bytes],
         produced: int,
     ) -> int:
-        """Inflate ``data`` into ``pieces``; return the message's output so far.
+        """Inflate the rest of a message into ``pieces``; return the message's output so far.
 
         Bounded: each call asks zlib for at most one byte more than allowed
         (``max_length``), in chunks that start at 256 KiB and double (so
@@ -525,11 +535,6 @@ class PerMessageDeflate:
         :class:`MessageTooBig` as soon as the limit is passed, before any
         join. Memory stays near ``limit`` whatever the compression ratio.
         """
-        if limit is None:
-            out = inflater.decompress(data)
-            if out:
-                pieces.append(out)
-            return produced + len(out)
         chunk = _FIRST_CHUNK
         buf = data
         while True:
