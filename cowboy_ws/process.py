@@ -347,9 +347,11 @@ def broadcast(group: Hashable, frame: Any, *, exclude: Pid | None = None) -> int
     """Send one OutFrame to every member of ``group``; returns how many were reached.
 
     The frame is serialized once and the same bytes are queued on every member
-    that sends uncompressed; members with permessage-deflate active compress it
-    with their own context (RFC 7692 §7.2.1: each connection has its own).  Members
-    on other nodes: each such node is sent the frame once and frames it once.
+    that sends uncompressed; members with permessage-deflate and no server
+    context takeover (the default) share one compressed frame per deflate
+    setting; members with context takeover compress it with their own window
+    (RFC 7692 §7.2.1).  Members on other nodes: each such node is sent the
+    frame once and frames it once.
     """
     from .websocket import encode_broadcast  # the connection layer owns framing
 
@@ -382,13 +384,14 @@ def _fanout(targets: list[Pid], frame: Any, wire: bytes) -> None:
     """Queue a serialized frame on local Pids: directly on this thread's loop, one call per other loop."""
     me = threading.get_ident()
     others: dict[Loop, list[Pid]] | None = None
+    compressed: dict = {}  # compressed once per deflate setting, for the members that allow it
     for pid in targets:
         conn = pid._conn
         if conn is None:
             continue
         loop = pid._loop
         if loop.thread_id == me:
-            conn.send_broadcast(frame, wire)
+            conn.send_broadcast(frame, wire, compressed)
         else:
             if others is None:
                 others = {}
@@ -399,10 +402,11 @@ def _fanout(targets: list[Pid], frame: Any, wire: bytes) -> None:
 
 
 def _broadcast_on_loop(pids: list[Pid], frame: Any, wire: bytes) -> None:
+    compressed: dict = {}
     for pid in pids:
         conn = pid._conn
         if conn is not None:
-            conn.send_broadcast(frame, wire)
+            conn.send_broadcast(frame, wire, compressed)
 
 
 def deliver_broadcast(group: Hashable, frame: tuple[str, bytes], exclude_id: int | None) -> int:

@@ -505,15 +505,32 @@ class WebSocketProcess:
             self.conn.send_pong(_iodata(data))
         self.loop.mark_dirty(self)
 
-    def send_broadcast(self, frame: Any, wire: bytes) -> None:
-        """Queue a frame serialized once for many connections (compressing ones re-encode it)."""
-        if self.done or self.reason is not None or not self.conn.can_send:
+    def send_broadcast(self, frame: Any, wire: bytes, compressed: dict | None = None) -> None:
+        """Queue a frame serialized once for many connections.
+
+        Compressing connections without context takeover on our side share one
+        compressed frame per deflate setting (``compressed``: key -> frame, one
+        dict per broadcast and loop); with context takeover each compresses it
+        with its own window (RFC 7692 §7.2.1). Control frames (a broadcast ping)
+        go out as ``wire`` everywhere (RFC 7692 §6.1).
+        """
+        conn = self.conn
+        if self.done or self.reason is not None or not conn.can_send:
             return
-        if self.conn.compress:
-            kind, data, _code = normalize_frame(frame)
-            self.conn.send_message(kind, _iodata(data))
+        if conn.compress and not wire[0] & 0x08:  # data frames only: control frames are never compressed
+            key = conn.deflate.standalone_key() if compressed is not None else None  # type: ignore[union-attr]
+            out = compressed.get(key) if key is not None else None  # type: ignore[union-attr]
+            if out is not None:
+                conn.send_serialized(out)
+            else:
+                kind, data, _code = normalize_frame(frame)
+                if key is not None:
+                    out = compressed[key] = conn.serialize_message(kind, _iodata(data))  # type: ignore[index]
+                    conn.send_serialized(out)
+                else:
+                    conn.send_message(kind, _iodata(data))
         else:
-            self.conn.send_serialized(wire)
+            conn.send_serialized(wire)
         self.loop.mark_dirty(self)
 
     def _hibernate(self) -> None:

@@ -220,6 +220,50 @@ def test_groups_join_members_broadcast_leave(app, connect, rec):
     assert clients[0].recv_message() == ("text", b"probe")
 
 
+@pytest.mark.parametrize("server_takeover", [False, True])
+def test_broadcast_compresses_once_for_members_that_share_no_context(app, connect, rec, monkeypatch,
+                                                                   server_takeover):
+    """Without server context takeover (the default) one compressed frame serves every compressing
+    member (RFC 7692 §7.2.1); with it each member compresses with its own window.  Control frames
+    broadcast to compressing members stay uncompressed pings (§6.1)."""
+    from cowboy_ws.protocol.deflate import PerMessageDeflate
+    calls = []
+    original = PerMessageDeflate.compress
+
+    def counting(self, data):
+        calls.append(len(data))
+        return original(self, data)
+
+    monkeypatch.setattr(PerMessageDeflate, "compress", counting)
+    group = f"room-{uuid.uuid4()}"
+
+    def ws_init(state):
+        cowboy_ws.join(group)
+        return ("ok", state)
+
+    server = app(ws_init=ws_init, ws_options={"compress": True,
+                                               "deflate_opts": {"server_context_takeover": server_takeover}})
+    squeezed = [connect(server, compress=True) for _ in range(4)]
+    plain = connect(server)
+    for i in range(5):
+        rec.pid(i)
+    text = b"all the members get the same words, " * 20
+    for round_ in range(2):  # the second message too: no context carried over between them
+        calls.clear()
+        assert cowboy_ws.broadcast(group, ("text", text)) == 5
+        for client in squeezed:
+            assert client.recv_message() == ("text", text)
+            assert client.raw_frames[-1][2]  # RSV1: it came compressed
+        assert plain.recv_message() == ("text", text)
+        assert not plain.raw_frames[-1][2]
+        assert calls == [len(text)] * (4 if server_takeover else 1)
+    assert cowboy_ws.broadcast(group, ("ping", b"are you there")) == 5
+    for client in squeezed + [plain]:
+        assert client.recv_event() == ("ping", b"are you there")
+        client.send_text("probe")
+        assert client.recv_message() == ("text", b"probe")
+
+
 def test_dead_connection_leaves_its_groups(app, connect, rec):
     group = f"room-{uuid.uuid4()}"
     server = group_app(app, group)

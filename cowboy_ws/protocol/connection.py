@@ -358,11 +358,29 @@ class Connection:
         self._check_open()
         self._out.append(self._frame(opcode, _as_bytes(data), fin=fin))
 
+    def serialize_message(self, kind: str, data: bytes) -> bytes:
+        """The whole message as the one frame :meth:`send_message` would queue (server side), not queued.
+
+        Compressed when negotiated and worth it (RFC 7692 §6): with
+        ``deflate.standalone_key()`` not None the result may be queued on other
+        connections with the same key too (:meth:`send_serialized`).
+        """
+        if self._mask_key is not None:
+            raise UsageError("a client must mask each frame itself (RFC 6455 §5.3)")
+        saved = self._out
+        self._out = []
+        try:
+            self.send_message(kind, data)
+            return b"".join(self._out)
+        finally:
+            self._out = saved
+
     def send_serialized(self, frame: bytes) -> None:
         """Queue a complete frame serialized elsewhere (a broadcast framed once for many connections).
 
         It keeps its place among the other queued frames.  Only for a server
-        (unmasked frames) without compression on this message.
+        (unmasked frames); a compressed one must come from a connection whose
+        deflate codec has the same ``standalone_key()``.
         """
         self._check_open()
         if self._mask_key is not None:

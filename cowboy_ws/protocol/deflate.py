@@ -412,6 +412,20 @@ class PerMessageDeflate:
         """
         return self._can_compress and size >= self.options.min_size
 
+    def standalone_key(self) -> tuple | None:
+        """A key shared by the codecs whose compressed messages stand alone (RFC 7692 §7.2.1), else None.
+
+        Without context takeover on our side a compressed message refers to no
+        earlier one, so codecs with equal settings (level, window bits within
+        what each peer agreed, memory level, strategy, ``min_size``) can all send
+        the *same* payload: a broadcast compresses once per key, not once per
+        receiver. None with context takeover (each peer has its own window) or
+        when compression is impossible.
+        """
+        if self._send_no_takeover and self._can_compress:
+            return self._shared_key + (self.options.min_size,)
+        return None
+
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         """Compress one whole message into a frame payload (RFC 7692 §7.2.1).
 
