@@ -321,11 +321,15 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
             else:
                 if out is None:  # small payloads: one copy of the batch, then slices
                     out = _unpack(src if dst is _NULL else dst, v[0])
-                for j in range(4, 4 + 5 * c, 5):  # (a plain loop measured faster than zip/map/slice)
-                    a = v[j + 3]
-                    b = v[j + 4]
-                    append((v[j], v[j + 1], v[j + 2], out[a:b] if not leave or b - a < _LARGE
-                            else _unmask_new(src + a, b - a)))
+                if not leave or v[0] - pos < _LARGE:  # no large payload in this batch
+                    for j in range(4, 4 + 5 * c, 5):  # (a plain loop measured faster than zip/map/slice)
+                        append((v[j], v[j + 1], v[j + 2], out[v[j + 3]:v[j + 4]]))
+                else:
+                    for j in range(4, 4 + 5 * c, 5):
+                        a = v[j + 3]
+                        b = v[j + 4]
+                        append((v[j], v[j + 1], v[j + 2], out[a:b] if b - a < _LARGE
+                                else _unmask_new(src + a, b - a)))
         pos = v[0]
         err = v[2]
         if err or c < _CAP:
