@@ -29,17 +29,20 @@ import logging
 import selectors
 import socket
 import ssl
+import time
 from collections import deque
 from typing import Any
 
 from .options import WebSocketOptions
-from .process import Pid, _set_self
+from .process import Pid, _local, _set_self
 from .protocol import closecodes
 from .protocol.connection import CLOSED, OPEN, Connection, encode_close_payload
 from .protocol.errors import UsageError
 from .protocol.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, serialize_frame
 
 log = logging.getLogger(__name__)
+_monotonic = time.monotonic
+_READ = selectors.EVENT_READ
 
 #: Bytes asked of one recv on a TLS socket, and before the upgrade (plain sockets use the loop's buffer).
 READ_SIZE = 65536
@@ -193,9 +196,9 @@ class WebSocketProcess:
             else:
                 # Into the loop's shared buffer: the protocol core copies out what it keeps
                 # (payloads, a partial frame) before the next read reuses it.
-                buf = self.loop.read_buffer
+                buf = self.loop.read_view
                 n = sock.recv_into(buf)
-                data = memoryview(buf)[:n] if n else b""
+                data = buf[:n] if n else b""
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
@@ -204,7 +207,7 @@ class WebSocketProcess:
         if not data:
             self._eof()
             return
-        self._last_recv = self.loop.time()
+        self._last_recv = _monotonic()  # the loop's clock (Loop.time)
         self._receive(data)
 
     def _receive(self, data: bytes) -> None:
@@ -225,9 +228,11 @@ class WebSocketProcess:
             self._flush_pending(out)
             return
         if out:
-            if len(out) > 1 and not self.is_tls and len(out) < 512 and sum(map(len, out)) >= SENDMSG_MIN:
-                self._sendmsg(out)
-                return
+            if len(out) > 1 and not self.is_tls and len(out) < 512:
+                total = sum(map(len, out))
+                if total >= SENDMSG_MIN:
+                    self._sendmsg(out, total)
+                    return
             data = out[0] if len(out) == 1 else b"".join(out)
             try:
                 sent = self.sock.send(data)
@@ -252,10 +257,11 @@ class WebSocketProcess:
         if self._close_after_flush:
             self._after_close_flushed()
             return
-        self._set_interest(self._wanted_events())
+        if self._events != _READ or self._throttled or not self.active:  # else _wanted_events() is _READ
+            self._set_interest(self._wanted_events())
 
-    def _sendmsg(self, out: list) -> None:
-        """Write several large buffers with one sendmsg (header and payload without a join copy)."""
+    def _sendmsg(self, out: list, total: int) -> None:
+        """Write several large buffers (``total`` bytes) with one sendmsg (header and payload without a join copy)."""
         try:
             sent = self.sock.sendmsg(out)
         except (BlockingIOError, InterruptedError):
@@ -263,7 +269,6 @@ class WebSocketProcess:
         except OSError as exc:
             self._socket_error(exc)
             return
-        total = sum(map(len, out))
         if sent < total:
             for i, buf in enumerate(out):  # keep what the kernel did not take, in order
                 if sent < len(buf):
@@ -387,7 +392,7 @@ class WebSocketProcess:
 
     def _call(self, callback: Any, *args: Any) -> None:
         """Run one handler callback and apply its result; a raise is a crash (1011)."""
-        _set_self(self.pid)
+        _local.pid = self.pid  # self() inside the callback
         try:
             result = callback(*args)
             # Fast paths for the two commonest results; everything else goes through _apply.
@@ -408,7 +413,7 @@ class WebSocketProcess:
         except Exception as exc:  # any handler bug: crash this connection only
             self._crash("error", exc)
         finally:
-            _set_self(None)
+            _local.pid = None
 
     def _crash(self, kind: str, exc: BaseException) -> None:
         log.error("[%s] handler %r crashed", self.cid, self.handler, exc_info=exc)
