@@ -247,13 +247,15 @@ class Loop:
                     timer._loop = None  # out of the heap: a later cancel() does not count it
                     self._ready.append((_run_timer, (timer,)))
         ready = self._ready
-        for _ in range(len(ready)):
-            callback, args = ready.popleft()
-            try:
-                callback(*args)
-            except Exception:
-                log.exception("unhandled error in callback %r", callback)
-        self.flush_dirty()
+        if ready:
+            for _ in range(len(ready)):  # only those queued now: a callback's call_soon waits a round
+                callback, args = ready.popleft()
+                try:
+                    callback(*args)
+                except Exception:
+                    log.exception("unhandled error in callback %r", callback)
+        if self._dirty:
+            self.flush_dirty()
 
     def flush_dirty(self) -> None:
         """Flush every connection marked dirty during this round (one send each)."""

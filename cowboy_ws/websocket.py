@@ -42,7 +42,7 @@ from .protocol.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ser
 
 log = logging.getLogger(__name__)
 _monotonic = time.monotonic
-_READ = selectors.EVENT_READ
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 #: Bytes asked of one recv on a TLS socket, and before the upgrade (plain sockets use the loop's buffer).
 READ_SIZE = 65536
@@ -181,9 +181,9 @@ class WebSocketProcess:
         return events
 
     def _on_ready(self, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
+        if mask & _WRITE:
             self.flush()
-        if mask & selectors.EVENT_READ and not self.done:
+        if mask & _READ and not self.done:
             self._read()
 
     def _read(self) -> None:
@@ -400,12 +400,14 @@ class WebSocketProcess:
                 n = len(result)
                 if n == 3 and result[0] == "reply":
                     frame = result[1]
-                    if type(frame) is tuple and len(frame) == 2 and type(frame[1]) is bytes \
-                            and (frame[0] == "text" or frame[0] == "binary"):
-                        self.state = result[2]
-                        if self.conn.can_send:
-                            self.conn.send_message(frame[0], frame[1])
-                        return
+                    if type(frame) is tuple and len(frame) == 2:
+                        kind, data = frame
+                        if type(data) is bytes and (kind == "binary" or kind == "text"):
+                            self.state = result[2]
+                            conn = self.conn
+                            if conn.state is OPEN or conn.can_send:
+                                conn.send_message(kind, data)
+                            return
                 elif n == 2 and result[0] == "ok":
                     self.state = result[1]
                     return

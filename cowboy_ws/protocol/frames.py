@@ -32,6 +32,7 @@ fragmented message, close payloads, UTF-8) belong to :mod:`.connection`.
 
 from __future__ import annotations
 
+import struct
 from typing import Iterable, Union
 
 from .errors import FrameError, MessageTooBig, ProtocolError, UsageError
@@ -255,6 +256,11 @@ class FrameParser:
             raise FrameError("RSV1 set on a control or continuation frame (RFC 7692 §6.1)")
 
 
+#: Headers with a 16-bit and a 64-bit extended payload length (RFC 6455 §5.2, network byte order).
+_HEAD16 = struct.Struct("!BBH").pack
+_HEAD64 = struct.Struct("!BBQ").pack
+
+
 def frame_header(opcode: int, length: int, *, fin: bool = True, rsv1: bool = False,
                  masked: bool = False) -> bytes:
     """The header of a frame (RFC 6455 §5.2), minimal length encoding, without the masking key."""
@@ -263,8 +269,8 @@ def frame_header(opcode: int, length: int, *, fin: bool = True, rsv1: bool = Fal
     if length < 126:
         return bytes((b0, mbit | length))
     if length < 65536:
-        return bytes((b0, mbit | 126)) + length.to_bytes(2, "big")
-    return bytes((b0, mbit | 127)) + length.to_bytes(8, "big")
+        return _HEAD16(b0, mbit | 126, length)
+    return _HEAD64(b0, mbit | 127, length)
 
 
 def serialize_frame(opcode: int, payload: BytesLike = b"", *, fin: bool = True, rsv1: bool = False,
