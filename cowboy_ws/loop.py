@@ -135,6 +135,10 @@ class Loop:
         #: permessage-deflate compressors shared by this loop's connections without server
         #: context takeover (see cowboy_ws.protocol.deflate.PerMessageDeflate).
         self.deflaters: dict = {}
+        #: The Pid of the connection whose callback is running (``self()``), else None.  An
+        #: attribute of the loop, not a threading.local: set twice per callback, and a plain
+        #: attribute store is about 40 ns cheaper each time.
+        self.self_pid: Any = None
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()

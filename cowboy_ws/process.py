@@ -34,7 +34,6 @@ from .loop import Loop, current_loop
 from .messaging import Backend, LocalBackend
 
 _ids = itertools.count(1)
-_local = threading.local()
 
 
 def _new_node_id() -> str:
@@ -175,14 +174,18 @@ def local_pid(pid_id: int) -> Pid | None:
 
 def self() -> Pid:
     """``self()``: the Pid of the connection whose callback is running on this thread."""
-    pid = getattr(_local, "pid", None)
+    loop = current_loop()
+    pid = loop.self_pid if loop is not None else None
     if pid is None:
         raise RuntimeError("cowboy_ws.self() called outside a websocket callback")
     return pid
 
 
 def _set_self(pid: Pid | None) -> None:
-    _local.pid = pid
+    """What :func:`self` answers on this thread's loop until the next call (None: outside callbacks)."""
+    loop = current_loop()
+    if loop is not None:
+        loop.self_pid = pid
 
 
 class TimerRef:
