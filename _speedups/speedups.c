@@ -51,6 +51,11 @@ void cw_mask(char *dst, const char *src, size_t n, const char *key)
     cw_mask_kernel((unsigned char *)dst, (const unsigned char *)src, n, k8);
 }
 
+void cw_unmask_at(char *dst, const char *base, size_t offset, size_t n)
+{
+    cw_mask(dst, base + offset, n, base + offset - 4);
+}
+
 /* ---- UTF-8 (RFC 3629 §4, RFC 6455 §8.1) ---------------------------------------------------
  *
  * A DFA over the RFC 3629 §4 grammar with 9 states, in the "shift" layout: a

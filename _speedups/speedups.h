@@ -18,6 +18,10 @@
  * dst == src (in place) is allowed; other overlaps are not. */
 void cw_mask(char *dst, const char *src, size_t n, const char *key);
 
+/* The masked payload at base + offset (n bytes, its key the 4 bytes before it), unmasked
+ * into dst: cw_mask with the pointers worked out here, not as two cffi pointer objects. */
+void cw_unmask_at(char *dst, const char *base, size_t offset, size_t n);
+
 /* Incremental UTF-8 validation (RFC 3629 §4, RFC 6455 §8.1).
  *
  * `state` is 0 for the start of a message, else the value a previous call

@@ -33,6 +33,7 @@ _from_buffer = ffi.from_buffer
 _release = ffi.release
 _unpack = ffi.unpack
 _c_mask = lib.cw_mask
+_c_unmask_at = lib.cw_unmask_at
 _c_utf8_feed = lib.cw_utf8_feed
 _c_parse = lib.cw_parse_frames
 _c_serialize = lib.cw_serialize_frames
@@ -219,10 +220,10 @@ _LARGE = lib.CW_LARGE_PAYLOAD
 _LEAVE_LARGE = lib.CW_LEAVE_LARGE if _new_bytes is not None else 0
 
 
-def _unmask_new(payload: Any, size: int) -> bytes:
-    """A new ``bytes`` of the masked ``payload`` (cdata pointer; its key is the 4 bytes before it), unmasked."""
+def _unmask_new(src: Any, offset: int, size: int) -> bytes:
+    """A new ``bytes`` of the masked payload at ``src + offset`` (its key the 4 bytes before it), unmasked."""
     out = _new_bytes(None, size)  # uninitialised and not yet shared: filled here, before anyone sees it
-    _c_mask(out, payload, size, payload - 4)  # cffi passes a bytes argument as a pointer to its data
+    _c_unmask_at(out, src, offset, size)  # cffi passes a bytes argument as a pointer to its data
     return out
 
 
@@ -308,7 +309,7 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
             a = v[7]
             size = v[8] - a
             append((v[4], v[5], v[6], out[a:v[8]] if out is not None
-                    else _unmask_new(src + a, size) if leave and size >= _LARGE
+                    else _unmask_new(src, a, size) if leave and size >= _LARGE
                     else _unpack((src if dst is _NULL else dst) + a, size)))
         elif c:
             if out is None and v[0] - pos >= _UNPACK_EACH * c:  # large payloads: copied out once each
@@ -316,7 +317,7 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
                 for j in range(4, 4 + 5 * c, 5):
                     a = v[j + 3]
                     size = v[j + 4] - a
-                    append((v[j], v[j + 1], v[j + 2], _unmask_new(src + a, size) if leave and size >= _LARGE
+                    append((v[j], v[j + 1], v[j + 2], _unmask_new(src, a, size) if leave and size >= _LARGE
                             else _unpack(base + a, size)))
             else:
                 if out is None:  # small payloads: one copy of the batch, then slices
@@ -329,7 +330,7 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
                         a = v[j + 3]
                         b = v[j + 4]
                         append((v[j], v[j + 1], v[j + 2], out[a:b] if b - a < _LARGE
-                                else _unmask_new(src + a, b - a)))
+                                else _unmask_new(src, a, b - a)))
         pos = v[0]
         err = v[2]
         if err or c < _CAP:
