@@ -117,6 +117,15 @@ else:  # pragma: no cover - not Linux
     _Selector = selectors.DefaultSelector
 
 
+def _new_selector() -> selectors.BaseSelector:
+    """The loop's selector: :class:`_EpollSelector` where the stdlib's has the internals it reads."""
+    selector = _Selector()
+    if not (hasattr(selector, "_fd_to_key") and hasattr(selector, "_selector")):  # pragma: no cover
+        selector.close()  # a future selectors module laid out otherwise: its own select()
+        selector = selectors.DefaultSelector()
+    return selector
+
+
 #: Rebuild the timer heap once it holds this many cancelled timers and they are most of it.
 _COMPACT_MIN = 512
 
@@ -125,7 +134,7 @@ class Loop:
     """A single-threaded event loop over :class:`selectors.DefaultSelector`."""
 
     def __init__(self) -> None:
-        self.selector = _Selector()
+        self.selector = _new_selector()
         #: One receive buffer for every connection of this loop (reads are handled one at a time):
         #: recv_into it avoids allocating (and page-faulting) a fresh buffer per read.  An anonymous
         #: mapping, so it is page-aligned: the kernel's copy into a misaligned destination was
