@@ -131,7 +131,8 @@ _COMPACT_MIN = 512
 
 
 class Loop:
-    """A single-threaded event loop over :class:`selectors.DefaultSelector`."""
+    """A single-threaded event loop over :class:`selectors.DefaultSelector` (on Linux, its epoll
+    selector with the leaner ``select`` of :class:`_EpollSelector`)."""
 
     def __init__(self) -> None:
         self.selector = _new_selector()
