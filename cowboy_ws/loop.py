@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 
 #: Size of the loop's shared receive buffer: a 64 KiB frame and its header arrive in one read.
 READ_BUFFER_SIZE = 262144
+#: Where the receive buffer starts in its page: half a page in.  Socket data that begins a page
+#: (sent with sendfile, or from page-aligned buffers) is then never copied to the same offset in
+#: a page: loads and stores 4 KiB apart look dependent to the CPU and stall the kernel's copy
+#: ("4K aliasing").  Measured, 64 KiB echo (the bench client sends with sendfile), A/B of
+#: interleaved rounds: server CPU 26.2 us per message at offset 0, 23.3 at 2048 (256 and 1024
+#: about the same as 2048; 14 and 50, close to the source's offsets, worse than 0).
+READ_BUFFER_OFFSET = 2048
 
 _current = threading.local()
 
@@ -138,10 +145,10 @@ class Loop:
         self.selector = _new_selector()
         #: One receive buffer for every connection of this loop (reads are handled one at a time):
         #: recv_into it avoids allocating (and page-faulting) a fresh buffer per read.  An anonymous
-        #: mapping, so it is page-aligned: the kernel's copy into a misaligned destination was
-        #: measured ~13 % slower (64 KiB echo: server system time 22.7 -> 19.8 us per message).
-        self.read_buffer = mmap.mmap(-1, READ_BUFFER_SIZE)
-        self.read_view = memoryview(self.read_buffer)  # sliced per read: one object, not two
+        #: mapping, so that its offset in the page is ours to choose (READ_BUFFER_OFFSET).
+        self.read_buffer = mmap.mmap(-1, READ_BUFFER_OFFSET + READ_BUFFER_SIZE)
+        #: The part reads go to (sliced per read: one object, not two).
+        self.read_view = memoryview(self.read_buffer)[READ_BUFFER_OFFSET:]
         #: permessage-deflate compressors shared by this loop's connections without server
         #: context takeover (see cowboy_ws.protocol.deflate.PerMessageDeflate).
         self.deflaters: dict = {}
