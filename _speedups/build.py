@@ -31,6 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CDEF = """
 void cw_mask(char *dst, const char *src, size_t n, const char *key);
 void cw_unmask_at(char *dst, const char *base, size_t offset, size_t n);
+void cw_unmask_join(char *dst, const char *head, size_t offset, size_t n_head, const char *tail,
+                    size_t n_tail);
 int64_t cw_utf8_feed(const char *data, size_t n, int64_t state);
 int64_t cw_parse_frames(const char *src, char *dst, size_t n, size_t pos, int flags, int64_t limit,
                         int64_t *rec, size_t cap);

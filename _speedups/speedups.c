@@ -56,6 +56,19 @@ void cw_unmask_at(char *dst, const char *base, size_t offset, size_t n)
     cw_mask(dst, base + offset, n, base + offset - 4);
 }
 
+void cw_unmask_join(char *dst, const char *head, size_t offset, size_t n_head, const char *tail,
+                    size_t n_tail)
+{
+    const char *key = head + offset - 4;
+    char rotated[4];
+    size_t i;
+
+    cw_mask(dst, head + offset, n_head, key);
+    for (i = 0; i < 4; i++)
+        rotated[i] = key[(n_head + i) & 3];
+    cw_mask(dst + n_head, tail, n_tail, rotated);
+}
+
 /* ---- UTF-8 (RFC 3629 §4, RFC 6455 §8.1) ---------------------------------------------------
  *
  * A DFA over the RFC 3629 §4 grammar with 9 states, in the "shift" layout: a

@@ -22,6 +22,12 @@ void cw_mask(char *dst, const char *src, size_t n, const char *key);
  * into dst: cw_mask with the pointers worked out here, not as two cffi pointer objects. */
 void cw_unmask_at(char *dst, const char *base, size_t offset, size_t n);
 
+/* A masked payload received in two pieces, unmasked into dst (n_head + n_tail bytes): its
+ * first n_head bytes at head + offset (the key the 4 bytes before them), the rest at tail.
+ * The key's phase carries over the seam (§5.3: octet i uses key octet i % 4). */
+void cw_unmask_join(char *dst, const char *head, size_t offset, size_t n_head, const char *tail,
+                    size_t n_tail);
+
 /* Incremental UTF-8 validation (RFC 3629 §4, RFC 6455 §8.1).
  *
  * `state` is 0 for the start of a message, else the value a previous call

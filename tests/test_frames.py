@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -159,6 +161,41 @@ def test_max_frame_size_checked_on_header():
     assert err.value.code == 1009
     assert norm(client_parser(max_frame_size=1000).feed(serialize_frame(OP_BINARY, bytes(1000)))) == [
         (OP_BINARY, True, False, bytes(1000))]
+
+
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200000])
+def test_frame_completed_from_the_next_chunk(masked, size):
+    """A frame split over two feeds at every kind of place: the same frame, and the second chunk's
+    later frames too (the completion takes only what the buffered frame lacks)."""
+    payload = os.urandom(size)
+    key = KEY if masked else None
+    wire = serialize_frame(OP_BINARY, payload, mask_key=key)
+    after = serialize_frame(OP_TEXT, b"next", mask_key=key) + serialize_frame(OP_PING, b"", mask_key=key)
+    head = len(wire) - size
+    for cut in sorted({1, 2, head - 1, head, head + 1, head + size // 2, len(wire) - 1}):
+        if not 0 < cut < len(wire):
+            continue
+        p = FrameParser(mask_required=masked)
+        assert p.feed(wire[:cut]) == []
+        rest = wire[cut:] + after + wire[:1]  # and the first byte of another frame
+        for kind in (bytes, bytearray, memoryview):
+            q = FrameParser(mask_required=masked)
+            q.feed(wire[:cut])
+            assert norm(q.feed(kind(rest))) == [(OP_BINARY, True, False, payload), (OP_TEXT, True, False, b"next"),
+                                                (OP_PING, True, False, b"")]
+            assert q.buffered == 1
+
+
+def test_limit_lowered_while_a_frame_is_buffered():
+    """max_frame_size lowered (set_options) after a frame's header was accepted: the frame is refused
+    when it completes (1009), not delivered."""
+    wire = serialize_frame(OP_BINARY, bytes(70000), mask_key=KEY)
+    p = server_parser(max_frame_size=100000)
+    assert p.feed(wire[:1000]) == []
+    p.max_frame_size = 1000
+    with pytest.raises(MessageTooBig):
+        p.feed(wire[1000:])
 
 
 def test_frames_before_error_are_kept():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cowboy_ws.protocol.mask import TRANSLATE_THRESHOLD, mask
+from cowboy_ws.protocol.mask import TRANSLATE_THRESHOLD, mask, unmask_join
 
 KEY = bytes.fromhex("37fa213d")
 
@@ -96,3 +96,23 @@ def test_property_naive_and_round_trip(data: bytes, key: bytes) -> None:
     assert out == naive(data, key)
     assert mask(out, key) == data
     assert mask(bytearray(data), key) == out
+
+
+@pytest.mark.parametrize("n_head", [0, 1, 2, 3, 5, 500])
+@pytest.mark.parametrize("n_tail", [1, 3, 4, 7, 600])
+def test_unmask_join_is_one_unmasking_over_the_seam(n_head: int, n_tail: int) -> None:
+    """RFC 6455 §5.3 over two pieces: the key's phase runs on from head to tail (any seam offset)."""
+    payload = os.urandom(n_head + n_tail)
+    key = b"\x37\xfa\x21\x3d"
+    masked = naive(payload, key)
+    head = bytearray(b"\x82\xfe\x00\x00" + key + masked[:n_head])
+    for tail in (masked[n_head:], bytearray(masked[n_head:]), memoryview(b"xx" + masked[n_head:])[2:]):
+        assert unmask_join(head, 8, tail) == payload
+    assert head[8:] == masked[:n_head]  # the pieces are left as they were
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 3, 11])
+def test_unmask_join_bad_offset(offset: int) -> None:
+    """The key must fit before ``offset`` and ``offset`` must lie in ``head``."""
+    with pytest.raises(ValueError, match="out of range"):
+        unmask_join(bytearray(10), offset, b"abc")

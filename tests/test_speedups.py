@@ -35,6 +35,7 @@ from cowboy_ws.protocol.frames import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP
 from cowboy_ws.protocol.frames import serialize_frames as py_serialize_frames
 from cowboy_ws.protocol.mask import mask as py_mask
 from cowboy_ws.protocol.mask import mask_inplace as py_mask_inplace
+from cowboy_ws.protocol.mask import unmask_join as py_unmask_join
 from cowboy_ws.protocol.utf8 import Utf8Validator as PyUtf8Validator
 from cowboy_ws.protocol.utf8 import validate_utf8 as py_validate_utf8
 
@@ -137,6 +138,28 @@ def test_mask_inplace_random(data, key, offset, kind):
     if c_owner is not None:  # the C call released its export: the bytearray can be resized again
         c_buf.release()
         c_owner.append(0)
+
+
+@DIFF
+@given(head=st.binary(min_size=4, max_size=300), offset=st.integers(-2, 310), tail=st.binary(max_size=300),
+       kind=st.sampled_from(["bytes", "bytearray", "memoryview", "strided", "head_bytes"]))
+def test_unmask_join_random(head, offset, tail, kind):
+    """The two-piece unmasking: same result (or exception) as the reference, for any seam and key phase."""
+    t = {"bytes": tail, "bytearray": bytearray(tail), "memoryview": memoryview(b"?" + tail)[1:],
+         "strided": memoryview(tail * 2)[::2], "head_bytes": tail}[kind]
+    h = bytes(head) if kind == "head_bytes" else bytearray(head)
+    got = outcome(C.unmask_join, h, offset, t)
+    assert got == outcome(py_unmask_join, h, offset, t)
+    if got[0] == "ok":
+        assert type(got[1]) is bytes
+
+
+def test_unmask_join_large():
+    """Large pieces (the C vector loop on both sides of the seam, every seam phase)."""
+    masked = os.urandom(70001)
+    for cut in (0, 1, 2, 3, 4, 8191, 40000, 70001):
+        head = bytearray(b"\x82\xff" + bytes(8) + b"\x01\x02\x03\x04" + masked[:cut])
+        assert C.unmask_join(head, 14, masked[cut:]) == py_mask(masked, b"\x01\x02\x03\x04")
 
 
 @pytest.mark.parametrize("key", [b"", b"abc", b"abcde", bytearray(b"abcd"), memoryview(b"abcd"), [1, 2, 3, 4]])

@@ -4,7 +4,7 @@ Each function here has the contract of its pure-Python reference, exceptions
 (class, code, message) included; ``tests/test_speedups.py`` checks that
 differentially.  Selected by :mod:`.kernels`; never import this module elsewhere.
 
-* :func:`mask`, :func:`mask_inplace`: RFC 6455 §5.3, as :mod:`.mask`;
+* :func:`mask`, :func:`mask_inplace`, :func:`unmask_join`: RFC 6455 §5.3, as :mod:`.mask`;
 * :class:`Utf8Validator`, :func:`validate_utf8`: RFC 3629 §4 / RFC 6455 §8.1,
   as :mod:`.utf8` (a DFA in C keeps the state between calls);
 * :func:`parse_frames`: RFC 6455 §5.2, ``FrameParser._parse`` in one C call;
@@ -26,7 +26,7 @@ from . import utf8 as _py_utf8_mod
 from .errors import FrameError, InvalidUtf8, MessageTooBig
 
 __all__ = ["Utf8Validator", "mask", "mask_inplace", "parse_frames", "parse_frames_c", "serialize_frames",
-           "serialize_frames_c", "validate_utf8"]
+           "serialize_frames_c", "unmask_join", "validate_utf8"]
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _from_buffer = ffi.from_buffer
@@ -34,6 +34,7 @@ _release = ffi.release
 _unpack = ffi.unpack
 _c_mask = lib.cw_mask
 _c_unmask_at = lib.cw_unmask_at
+_c_unmask_join = lib.cw_unmask_join
 _c_utf8_feed = lib.cw_utf8_feed
 _c_parse = lib.cw_parse_frames
 _c_serialize = lib.cw_serialize_frames
@@ -48,6 +49,7 @@ SMALL_MASK = 128
 
 _py_mask = _py_mask_mod.mask
 _py_mask_inplace = _py_mask_mod.mask_inplace
+_py_unmask_join = _py_mask_mod.unmask_join
 
 
 def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
@@ -97,6 +99,31 @@ def mask_inplace(buffer: bytearray | memoryview, key: bytes, offset: int = 0) ->
         _c_mask(p + offset, p + offset, n - offset, key)
     _release(p)
     return None
+
+
+def unmask_join(head: bytearray | bytes, offset: int, tail: bytes | bytearray | memoryview) -> bytes:
+    """A masked payload received in two pieces, unmasked: ``head[offset:]`` then ``tail`` (RFC 6455 §5.3).
+
+    Same contract as :func:`cowboy_ws.protocol.mask.unmask_join`; one pass over
+    both pieces straight into the new ``bytes`` (no joined copy first).
+    """
+    if type(head) is not bytearray or _new_bytes is None or not 4 <= offset <= len(head):
+        return _py_unmask_join(head, offset, tail)
+    if type(tail) is bytes:
+        t = tail
+    elif type(tail) is memoryview and not tail.c_contiguous:
+        return _py_unmask_join(head, offset, tail)
+    else:
+        t = _from_buffer(tail)
+    n_head = len(head) - offset
+    n_tail = len(t)
+    h = _from_buffer(head)
+    out = _new_bytes(None, n_head + n_tail)  # uninitialised and not yet shared: filled here
+    _c_unmask_join(out, h, offset, n_head, t, n_tail)
+    _release(h)
+    if t is not tail:
+        _release(t)
+    return out
 
 
 # ---- UTF-8 (RFC 3629 §4, RFC 6455 §8.1) ---------------------------------------------------

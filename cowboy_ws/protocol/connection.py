@@ -40,7 +40,7 @@ from typing import Any, Callable, Literal, Union
 from . import closecodes
 from .deflate import PerMessageDeflate
 from .errors import FrameError, InvalidUtf8, MessageTooBig, ProtocolError, UsageError
-from .frames import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameParser,
+from .frames import (_HEAD16, _HEAD64, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameParser,
                      frame_header, serialize_frame)
 from .limits import MAX_FRAME_SIZE
 from .kernels import Utf8Validator, validate_utf8
@@ -57,7 +57,7 @@ _KIND = {OP_TEXT: "text", OP_BINARY: "binary"}
 
 #: Payloads of at least this many bytes are queued apart from their header (no concatenation
 #: copy): the runtime writes header and payload with one sendmsg.
-SEPARATE_PAYLOAD = 16384
+SEPARATE_PAYLOAD = 16384  # >= 126: such a header always has an extended length
 _MAX_PARTS = 32  # fragments kept as separate objects before they are merged into one buffer
 
 
@@ -153,19 +153,17 @@ class Connection:
                 self._fail(exc, events)
             return events
         self._handle_frames(frames, events)
-        if self.validate_utf8 and self._parser.buffered and self.state is not CLOSED:
-            try:
-                self._check_partial_text()
-            except ProtocolError as exc:
-                self._fail(exc, events)
+        if self.validate_utf8 and self.state is not CLOSED:
+            head = self._parser.pending_frame()  # None when no frame is incomplete
+            if head is not None and (head[0] == OP_TEXT or head[0] == OP_CONT):
+                try:
+                    self._check_partial_text(*head)
+                except ProtocolError as exc:
+                    self._fail(exc, events)
         return events
 
-    def _check_partial_text(self) -> None:
+    def _check_partial_text(self, opcode: int, rsv1: int) -> None:
         """Validate the received part of an incomplete text frame (RFC 6455 §8.1: fail fast)."""
-        head = self._parser.pending_frame()
-        if head is None:
-            return
-        opcode, rsv1 = head
         if rsv1 or not (opcode == OP_TEXT and self._msg_kind is None
                         or opcode == OP_CONT and self._msg_kind == "text" and not self._msg_compressed):
             return
@@ -339,9 +337,11 @@ class Connection:
         elif n < 126:  # the common small server frame: one allocation
             self._out.append(bytes((0x80 | opcode, n)) + data)
         elif n >= SEPARATE_PAYLOAD:
-            # large payload: header and payload go out as two buffers (sendmsg), no copy here
-            self._out.append(frame_header(opcode, n))
-            self._out.append(data if type(data) is bytes else bytes(data))
+            # large payload: header and payload go out as two buffers (sendmsg), no copy here;
+            # frame_header(opcode, n) inlined (hot path)
+            out = self._out
+            out.append(_HEAD16(0x80 | opcode, 126, n) if n < 65536 else _HEAD64(0x80 | opcode, 127, n))
+            out.append(data if type(data) is bytes else bytes(data))
         else:
             self._out.append(frame_header(opcode, n) + data)
 

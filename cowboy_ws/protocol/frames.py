@@ -38,7 +38,7 @@ from typing import Iterable, Union
 from .errors import FrameError, MessageTooBig, ProtocolError, UsageError
 from .limits import MAX_CONTROL_PAYLOAD
 from . import kernels as _kernels
-from .kernels import mask
+from .kernels import mask, unmask_join
 from .mask import TRANSLATE_THRESHOLD
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -149,11 +149,13 @@ class FrameParser:
         return frames
 
     def _complete_head(self, data: BytesLike, frames: list[Frame]) -> BytesLike:
-        """Move bytes of ``data`` into the buffer until its frame is complete; return the rest of ``data``.
+        """Complete the frame begun in the buffer from ``data``; return the rest of ``data``.
 
-        Takes at most what the buffered frame still lacks (first its header, checked by
-        ``_parse`` as soon as it is whole, then its payload), so that a large frame split
-        over two reads is copied once, not the whole second read with it.
+        Takes at most what the buffered frame still lacks: first its header, checked by
+        ``_parse`` as soon as it is whole, then its payload.  When ``data`` holds the whole
+        rest of the payload, the frame is made from the two pieces where they lie (one
+        unmasking pass into the payload, :func:`unmask_join`), so that a large frame split
+        over two reads is copied once, not buffered whole and then copied again.
         """
         buf = self._buf
         n = len(data)
@@ -165,13 +167,26 @@ class FrameParser:
             else:
                 b1 = buf[1]
                 length = b1 & 0x7F
-                need = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
-                if have >= need:  # the header is whole (and was checked): add the payload's length
+                head = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+                need = head
+                if have >= head:  # the header is whole (and was checked): add the payload's length
                     if length == 126:
                         length = (buf[2] << 8) | buf[3]
                     elif length == 127:
                         length = int.from_bytes(buf[2:10], "big")
                     need += length
+                    limit = self.max_frame_size
+                    if need - have <= n - used and (limit is None or length <= limit):
+                        # the rest of the payload is here (and the limit, which set_options may
+                        # have lowered since the header was checked, still holds)
+                        end = used + need - have
+                        tail = data[used:end]
+                        payload = (unmask_join(buf, head, tail) if b1 & 0x80
+                                   else bytes(buf[head:]) + bytes(tail))
+                        b0 = buf[0]
+                        frames.append((b0 & 0x0F, b0 & 0x80, b0 & 0x40, payload))
+                        del buf[:]
+                        return data[end:]
             take = min(need - have, n - used)
             buf += data[used:used + take]
             used += take

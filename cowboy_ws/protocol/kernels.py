@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from .mask import mask, mask_inplace
+from .mask import mask, mask_inplace, unmask_join
 from .utf8 import Utf8Validator, validate_utf8
 
 __all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "mask", "mask_inplace", "parse_frames",
-           "serialize_frames", "validate_utf8"]
+           "serialize_frames", "unmask_join", "validate_utf8"]
 
 #: ``"c"`` or ``"python"``.
 BACKEND = "python"
@@ -49,6 +49,7 @@ else:
     else:
         mask = _ckernels.mask  # noqa: F811
         mask_inplace = _ckernels.mask_inplace  # noqa: F811
+        unmask_join = _ckernels.unmask_join  # noqa: F811
         Utf8Validator = _ckernels.Utf8Validator  # type: ignore[misc]  # noqa: F811
         validate_utf8 = _ckernels.validate_utf8  # noqa: F811
         parse_frames = _ckernels.parse_frames

@@ -4,7 +4,8 @@ Every frame a client sends is masked: octet ``i`` of the payload is XORed with
 octet ``i % 4`` of the 32-bit masking key (RFC 6455 §5.3). Masking and unmasking
 are the same operation, so :func:`mask` does both.
 
-:func:`mask_inplace` does the same to a writable buffer in place.
+:func:`mask_inplace` does the same to a writable buffer in place, and
+:func:`unmask_join` unmasks a payload that arrived in two pieces.
 
 Two pure-Python forms are used, whichever measured faster for the size:
 
@@ -16,7 +17,7 @@ Two pure-Python forms are used, whichever measured faster for the size:
 
 from __future__ import annotations
 
-__all__ = ["mask", "mask_inplace"]
+__all__ = ["mask", "mask_inplace", "unmask_join"]
 
 #: ``_TABLES[k]`` is the 256-byte translate table of ``b -> b ^ k``.
 _TABLES: tuple[bytes, ...] = tuple(bytes(b ^ k for b in range(256)) for k in range(256))
@@ -85,3 +86,15 @@ def mask_inplace(buffer: bytearray | memoryview, key: bytes, offset: int = 0) ->
                 raise ValueError(f"offset {offset} out of range for a buffer of {n} bytes")
             if n > offset:
                 flat[offset:] = mask(flat[offset:], key)
+
+
+def unmask_join(head: bytearray | bytes, offset: int, tail: bytes | bytearray | memoryview) -> bytes:
+    """A masked payload received in two pieces, unmasked (RFC 6455 §5.3): ``head[offset:]`` then ``tail``.
+
+    The masking key is ``head[offset - 4:offset]`` (the end of the frame header)
+    and its phase runs on across the seam, as if the pieces were one buffer.
+    Raises :class:`ValueError` if ``offset`` is not in ``4..len(head)``.
+    """
+    if not 4 <= offset <= len(head):
+        raise ValueError(f"offset {offset} out of range 4..{len(head)}")
+    return mask(bytes(head[offset:]) + bytes(tail), bytes(head[offset - 4:offset]))
