@@ -403,12 +403,12 @@ class WebSocketProcess:
             # Fast paths for the two commonest results; everything else goes through _apply.
             if type(result) is tuple and self.reason is None:
                 n = len(result)
-                if n == 3 and result[0] == "reply":
-                    frame = result[1]
-                    if type(frame) is tuple and len(frame) == 2:
+                if n == 3:
+                    tag, frame, new_state = result
+                    if tag == "reply" and type(frame) is tuple and len(frame) == 2:
                         kind, data = frame
                         if type(data) is bytes and (kind == "binary" or kind == "text"):
-                            self.state = result[2]
+                            self.state = new_state
                             conn = self.conn
                             if conn.state is OPEN or conn.can_send:
                                 conn.send_message(kind, data)
