@@ -32,6 +32,7 @@ from typing import Any, Hashable
 
 from .loop import Loop, current_loop
 from .messaging import Backend, LocalBackend
+from .outframes import encode_broadcast, flatten_broadcast
 
 _ids = itertools.count(1)
 
@@ -356,12 +357,10 @@ def broadcast(group: Hashable, frame: Any, *, exclude: Pid | None = None) -> int
     (RFC 7692 §7.2.1).  Members on other nodes: each such node is sent the
     frame once and frames it once.
     """
-    from .websocket import encode_broadcast  # the connection layer owns framing
-
     targets = [pid for pid in _groups.members(group) if pid is not exclude and pid._conn is not None]
     backend = _backend
     if backend.name != "local":
-        kind, data = _flatten(frame)
+        kind, data = flatten_broadcast(frame)
         reached = backend.broadcast(group, kind, data, exclude)
         if targets:
             frame = (kind, data)
@@ -371,16 +370,6 @@ def broadcast(group: Hashable, frame: Any, *, exclude: Pid | None = None) -> int
         return 0
     _fanout(targets, frame, encode_broadcast(frame))
     return len(targets)
-
-
-def _flatten(frame: Any) -> tuple[str, bytes]:
-    """A broadcast OutFrame as ``(kind, bytes)`` for other nodes (validated like encode_broadcast)."""
-    from .protocol.errors import UsageError
-    from .websocket import _iodata, normalize_frame
-    kind, data, _code = normalize_frame(frame)
-    if kind == "close":
-        raise UsageError("cannot broadcast a close frame")
-    return kind, _iodata(data)
 
 
 def _fanout(targets: list[Pid], frame: Any, wire: bytes) -> None:
@@ -414,7 +403,6 @@ def _broadcast_on_loop(pids: list[Pid], frame: Any, wire: bytes) -> None:
 
 def deliver_broadcast(group: Hashable, frame: tuple[str, bytes], exclude_id: int | None) -> int:
     """A broadcast from another node: frame it once, queue it on this node's members of ``group``."""
-    from .websocket import encode_broadcast
     targets = [pid for pid in _groups.members(group) if pid.id != exclude_id and pid._conn is not None]
     if targets:
         _fanout(targets, frame, encode_broadcast(frame))

@@ -34,11 +34,11 @@ from collections import deque
 from typing import Any
 
 from .options import WebSocketOptions
+from .outframes import COMMANDS as _COMMANDS, BadResult, iodata as _iodata, normalize_frame
 from .process import Pid
 from .protocol import closecodes
 from .protocol.connection import CLOSED, OPEN, Connection, encode_close_payload
 from .protocol.errors import UsageError
-from .protocol.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, serialize_frame
 
 log = logging.getLogger(__name__)
 _monotonic = time.monotonic
@@ -51,49 +51,6 @@ READ_SIZE = 65536
 SENDMSG_MIN = 32768
 _COALESCE = 65536  # in the send buffer, buffers smaller than this are joined into one send
 _KEEPALIVE_REASON = b"keepalive ping timeout"  # what websockets says with its 1011
-_OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PONG, "close": OP_CLOSE}
-_COMMANDS = frozenset({"active", "deflate", "set_options", "shutdown_reason"})
-
-
-class BadResult(TypeError):
-    """A callback returned something that is not a valid call result."""
-
-
-def _iodata(data: Any) -> bytes:
-    """Flatten iodata (bytes-like, str, or a nested list of those) to bytes."""
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        return data.encode()
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data)
-    if isinstance(data, (list, tuple)):
-        return b"".join(_iodata(part) for part in data)
-    raise BadResult(f"frame data must be bytes, str or a list of those, not {type(data).__name__}")
-
-
-def normalize_frame(frame: Any) -> tuple[str, Any, Any]:
-    """An OutFrame (cow_ws:frame()) as ``(kind, data, close_code)``; raises BadResult if malformed."""
-    if isinstance(frame, str):
-        if frame in ("close", "ping", "pong"):
-            return frame, b"", None
-        raise BadResult(f"unknown frame {frame!r}")
-    if isinstance(frame, tuple) and frame and frame[0] in _OPCODES:
-        if len(frame) == 2:
-            if frame[0] == "close":
-                return "close", _iodata(frame[1]), closecodes.NORMAL
-            return frame[0], frame[1], None
-        if len(frame) == 3 and frame[0] == "close" and isinstance(frame[1], int):
-            return "close", _iodata(frame[2]), frame[1]
-    raise BadResult(f"invalid frame {frame!r}")
-
-
-def encode_broadcast(frame: Any) -> bytes:
-    """Serialize an OutFrame once for :func:`cowboy_ws.broadcast` (uncompressed, server side)."""
-    kind, data, _code = normalize_frame(frame)
-    if kind == "close":
-        raise UsageError("cannot broadcast a close frame")
-    return serialize_frame(_OPCODES[kind], _iodata(data))
 
 
 class WebSocketProcess:
