@@ -56,16 +56,6 @@ int64_t cw_utf8_feed(const char *data, size_t n, int64_t state);
 int64_t cw_parse_frames(const char *src, char *dst, size_t n, size_t pos, int flags, int64_t limit,
                         int64_t *rec, size_t cap);
 
-/* Batch serialization (RFC 6455 §5.2) of `count` frames: desc holds 4 arrays
- * of `count` int64: opcodes, fin flags, rsv1 flags, payload lengths; the
- * payloads are concatenated in src; keys is NULL (no masking) or 4 bytes a
- * frame.  out needs room for each payload plus 14 bytes a frame.  Returns the
- * number of bytes written, or -(i + 1) when frame i is one the reference
- * refuses (opcode outside 0..15, negative length, a control frame longer than
- * 125 bytes or fragmented), with nothing written. */
-int64_t cw_serialize_frames(char *out, const char *src, const char *keys, const int64_t *desc,
-                            size_t count);
-
 #define CW_MASK_REQUIRED 1
 #define CW_RSV1_ALLOWED 2
 #define CW_HAS_LIMIT 4

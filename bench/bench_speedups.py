@@ -2,13 +2,13 @@
 
 Masking (RFC 6455 §5.3) in GB/s, UTF-8 validation (§8.1) in GB/s next to
 ``bytes.decode``, frame parsing (§5.2) in frames/s for 16-byte masked frames
-(a client's small messages as a server receives them), batch serialization in
-frames/s; each row with the C/pure ratio.  Times are CPU time
+(a client's small messages as a server receives them); each row with the C/pure
+ratio.  Times are CPU time
 (``time.process_time``), the median of interleaved rounds, so another process on
 the machine disturbs them less than wall time would.
 
     python bench/bench_speedups.py             # the tables
-    python bench/bench_speedups.py crossover   # where C starts to win (SMALL_MASK, PARSE_SMALL, SERIALIZE_SMALL)
+    python bench/bench_speedups.py crossover   # where C starts to win (SMALL_MASK, PARSE_SMALL)
     python -m pytest bench/bench_speedups.py --benchmark-only   # pytest-benchmark, both backends
 
 As a script it re-runs itself with ``MALLOC_TOP_PAD_=16777216`` (the steady
@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from cowboy_ws.protocol import frames as frames_mod  # noqa: E402
 from cowboy_ws.protocol.frames import FrameParser, serialize_frame  # noqa: E402
 from cowboy_ws.protocol.mask import mask as py_mask  # noqa: E402
-from cowboy_ws.protocol.mask import mask_inplace as py_mask_inplace  # noqa: E402
 from cowboy_ws.protocol.utf8 import Utf8Validator as PyUtf8Validator  # noqa: E402
 from cowboy_ws.protocol.utf8 import validate_utf8 as py_validate_utf8  # noqa: E402
 
@@ -129,18 +128,14 @@ def _row(label: str, values: list[str]) -> str:
 
 def bench_mask() -> None:
     print("mask (RFC 6455 §5.3), GB/s")
-    print(_row("size", ["pure", "C mask", "C/pure", "C inplace", "inpl/pure"]))
+    print(_row("size", ["pure", "C mask", "C/pure"]))
     for label, n in MASK_SIZES.items():
         data = os.urandom(n)
-        buf = bytearray(data)
-        pbuf = bytearray(data)
-        t = measure({"pure": lambda: py_mask(data, KEY), "c": lambda: C.mask(data, KEY),
-                     "ci": lambda: C.mask_inplace(buf, KEY), "pi": lambda: py_mask_inplace(pbuf, KEY)})
+        t = measure({"pure": lambda: py_mask(data, KEY), "c": lambda: C.mask(data, KEY)})
         gb = {k: n / v / 1e9 for k, v in t.items()}
-        print(_row(label, [f"{gb['pure']:.3f}", f"{gb['c']:.3f}", f"{gb['c'] / gb['pure']:.1f}x",
-                           f"{gb['ci']:.3f}", f"{gb['ci'] / gb['pi']:.1f}x"]))
+        print(_row(label, [f"{gb['pure']:.3f}", f"{gb['c']:.3f}", f"{gb['c'] / gb['pure']:.1f}x"]))
     print(f"  (C mask XORs one big integer below SMALL_MASK = {C.SMALL_MASK} bytes, as pure Python does:"
-          " the call into C costs more there; mask_inplace always calls C)")
+          " the call into C costs more there)")
 
 
 def bench_utf8() -> None:
@@ -174,23 +169,6 @@ def bench_parse() -> None:
           " bytes go to the pure parser)")
 
 
-def bench_serialize() -> None:
-    print("batch serialization (RFC 6455 §5.2), 16-byte frames, million frames/s")
-    print(_row("frames/call", ["pure", "C", "C/pure", "pure mask", "C mask", "C/pure"]))
-    payload = bytes(range(16))
-    for count in BATCHES:
-        plain = [(0x2, payload, True, False, None)] * count
-        masked = [(0x2, payload, True, False, KEY)] * count
-        t = measure({"pure": lambda: frames_mod.serialize_frames(plain), "c": lambda: C.serialize_frames_c(plain),
-                     "pm": _py_parse_pure_mask(lambda: frames_mod.serialize_frames(masked)),
-                     "cm": lambda: C.serialize_frames_c(masked)})
-        fps = {k: count / v / 1e6 for k, v in t.items()}
-        print(_row(str(count), [f"{fps['pure']:.2f}", f"{fps['c']:.2f}", f"{fps['c'] / fps['pure']:.1f}x",
-                                f"{fps['pm']:.2f}", f"{fps['cm']:.2f}", f"{fps['cm'] / fps['pm']:.1f}x"]))
-    print(f"  (C batch at every size; the selected kernels.serialize_frames hands batches under"
-          f" {C.SERIALIZE_SMALL} plain / {C.SERIALIZE_SMALL_MASKED} masked frames to the pure serializer)")
-
-
 def crossover() -> None:
     print("mask: ns per call, C kernel vs the big-integer XOR (SMALL_MASK now %d)" % C.SMALL_MASK)
     saved = C.SMALL_MASK
@@ -212,18 +190,6 @@ def crossover() -> None:
         print(f"  {count} x {size:>3} B ({len(wire):>4} B)  C {t['c'] * 1e9:7.0f}  pure {t['pure'] * 1e9:7.0f}")
 
 
-def crossover_serialize() -> None:
-    print("serialize: ns per frame, C batch vs pure (SERIALIZE_SMALL now %d plain, %d masked)"
-          % (C.SERIALIZE_SMALL, C.SERIALIZE_SMALL_MASKED))
-    for count in (1, 2, 4, 6, 8, 10, 16):
-        for key in (None, KEY):
-            frames = [(0x2, bytes(16), True, False, key)] * count
-            t = measure({"pure": lambda: frames_mod.serialize_frames(frames),
-                         "c": lambda: C.serialize_frames_c(frames)})
-            print(f"  {count:>3} {'masked' if key else 'plain ':<7} C {t['c'] / count * 1e9:7.0f}"
-                  f"  pure {t['pure'] / count * 1e9:7.0f}")
-
-
 def main(argv: list[str]) -> None:
     if C is None:
         sys.exit(f"the C extension is not built ({C_MISSING}): pip install -e .")
@@ -233,12 +199,10 @@ def main(argv: list[str]) -> None:
     print(f"python {sys.version.split()[0]}, CPU time, median of 7 interleaved rounds")
     if argv[:1] == ["crossover"]:
         crossover()
-        crossover_serialize()
         return
     bench_mask()
     bench_utf8()
     bench_parse()
-    bench_serialize()
 
 
 # --- pytest-benchmark ----------------------------------------------------------------------------
@@ -285,17 +249,6 @@ def test_bench_parse(benchmark, count: int, backend: str) -> None:
     benchmark.group = f"parse {count} x 16 B masked"
     benchmark.extra_info["frames"] = count
     assert len(benchmark(parser.feed, wire)) == count
-
-
-@cpu_time
-@needs_c
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("count", BATCHES)
-def test_bench_serialize(benchmark, count: int, backend: str) -> None:
-    frames = [(0x2, bytes(16), True, False, None)] * count
-    fn = frames_mod.serialize_frames if backend == "python" else C.serialize_frames_c
-    benchmark.group = f"serialize {count} x 16 B"
-    benchmark(fn, frames)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ from cowboy_ws.protocol import kernels
 from cowboy_ws.protocol.errors import ProtocolError
 from cowboy_ws.protocol.frames import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
                                        FrameParser, serialize_frame)
-from cowboy_ws.protocol.frames import serialize_frames as py_serialize_frames
 from cowboy_ws.protocol.mask import mask as py_mask
-from cowboy_ws.protocol.mask import mask_inplace as py_mask_inplace
 from cowboy_ws.protocol.mask import unmask_join as py_unmask_join
 from cowboy_ws.protocol.utf8 import Utf8Validator as PyUtf8Validator
 from cowboy_ws.protocol.utf8 import validate_utf8 as py_validate_utf8
@@ -89,12 +87,6 @@ def check_mask_size(n):
         assert C.mask(data, key) == expected
         assert C.mask(bytearray(data), key) == expected
         assert C.mask(memoryview(base)[align:align + n], key) == expected
-        buf = bytearray(base)
-        C.mask_inplace(buf, key, align)
-        ref = bytearray(base)
-        py_mask_inplace(ref, key, align)
-        assert buf == ref
-        assert buf[align:] == py_mask(base[align:], key)
 
 
 @DIFF
@@ -105,39 +97,6 @@ def test_mask_random(data, key, lo, kind):
     view = kind(data)[lo:]
     assert outcome(C.mask, view, key) == outcome(py_mask, view, key)
     assert type(C.mask(view, key)) is bytes
-
-
-@DIFF
-@given(data=st.binary(max_size=3000), key=st.binary(min_size=4, max_size=4), offset=st.integers(-3, 3003),
-       kind=st.sampled_from(["bytearray", "memoryview", "sliced", "bytes", "readonly", "strided", "int32"]))
-def test_mask_inplace_random(data, key, offset, kind):
-    """mask_inplace: same buffer afterwards and same exceptions, for every kind of buffer and offset."""
-    def make():
-        if kind == "bytearray":
-            return bytearray(data), None
-        if kind == "memoryview":
-            b = bytearray(data)
-            return memoryview(b), b
-        if kind == "sliced":
-            b = bytearray(b"xyz" + data)
-            return memoryview(b)[3:], b
-        if kind == "bytes":
-            return data, None
-        if kind == "readonly":
-            return memoryview(data), None
-        if kind == "strided":
-            b = bytearray(data * 2)
-            return memoryview(b)[::2], b
-        a = array.array("i", data[:len(data) // 4 * 4])
-        return a, None
-    c_buf, c_owner = make()
-    p_buf, p_owner = make()
-    assert outcome(C.mask_inplace, c_buf, key, offset) == outcome(py_mask_inplace, p_buf, key, offset)
-    assert bytes(c_buf) == bytes(p_buf)
-    assert c_owner == p_owner
-    if c_owner is not None:  # the C call released its export: the bytearray can be resized again
-        c_buf.release()
-        c_owner.append(0)
 
 
 @DIFF
@@ -167,9 +126,6 @@ def test_mask_odd_keys(key):
     """Keys that are not 4 bytes, or not bytes: the same result or exception."""
     for data in (b"short", bytes(100), bytearray(300), memoryview(bytes(500))):
         assert outcome(C.mask, data, key) == outcome(py_mask, data, key)
-        a, b = bytearray(bytes(range(200))), bytearray(bytes(range(200)))
-        assert outcome(C.mask_inplace, a, key) == outcome(py_mask_inplace, b, key)
-        assert a == b
 
 
 def test_mask_odd_data():
@@ -185,9 +141,6 @@ def test_mask_one_mebibyte():
     data = os.urandom(1 << 20)
     key = os.urandom(4)
     assert C.mask(data, key) == py_mask(data, key)
-    buf = bytearray(data)
-    C.mask_inplace(buf, key)
-    assert buf == py_mask(data, key)
 
 
 # ---- UTF-8 (RFC 3629 §4, RFC 6455 §8.1) ----------------------------------------------------
@@ -501,78 +454,3 @@ def test_parse_does_not_touch_the_callers_data():
         assert p.buffered == 9
         if kind is bytearray:
             data += b"x"  # no export left on the caller's buffer
-
-
-# ---- serialization (RFC 6455 §5.2) ---------------------------------------------------------
-
-PAYLOAD_KINDS = [bytes, bytearray, memoryview]
-
-
-@st.composite
-def serialize_args(draw):
-    out = []
-    keyed = draw(st.sampled_from(["none", "all", "any"]))  # the C path takes all-None or all-4-byte keys
-    for _ in range(draw(st.integers(0, 8))):
-        opcode = draw(st.one_of(st.sampled_from([0, 1, 2, 8, 9, 10]), st.integers(0, 15)))
-        size = draw(SIZES)
-        payload = draw(st.binary(min_size=size, max_size=size)) if size < 200 else os.urandom(size)
-        payload = draw(st.sampled_from(PAYLOAD_KINDS))(payload)
-        fin = draw(st.sampled_from([True, False, 0, 1]))
-        rsv1 = draw(st.booleans())
-        key = None if keyed == "none" else draw(st.binary(min_size=4, max_size=4)) if keyed == "all" else \
-            draw(st.one_of(st.none(), st.binary(min_size=4, max_size=4), st.binary(max_size=6)))
-        out.append((opcode, payload, fin, rsv1, key))
-    return out
-
-
-@DIFF
-@given(frames=serialize_args())
-def test_serialize_random(frames):
-    """Random batches, bad ones included (long or fragmented control frames, bad keys): same bytes or exception."""
-    expected = outcome(py_serialize_frames, frames)
-    assert outcome(C.serialize_frames_c, frames) == expected
-    assert outcome(C.serialize_frames, frames) == expected
-    assert outcome(C.serialize_frames, iter(frames)) == expected
-    if expected[0] == "ok":
-        assert expected[1] == b"".join(serialize_frame(op, p, fin=fin, rsv1=rsv1, mask_key=key)
-                                       for op, p, fin, rsv1, key in frames)
-
-
-@DIFF
-@given(data=st.data(), masked=st.booleans(), cuts=st.lists(st.integers(0, 200000), max_size=4))
-def test_serialize_then_parse_round_trip(data, masked, cuts):
-    """C serializer then C parser gives back the frames."""
-    frames = data.draw(frame_lists(masked))
-    wire = C.serialize_frames_c(frames)
-    assert wire == py_serialize_frames(frames) == C.serialize_frames(frames)
-    out = check_parse(wire, cuts, {"mask_required": masked, "rsv1_allowed": True})
-    got = [f for step in out if step[0] == "ok" for f in step[1]]
-    assert [(op, p) for op, _, _, p in got] == [(op, p) for op, p, *_ in frames]
-
-
-@pytest.mark.parametrize("frames", [
-    [], [(OP_TEXT, b"", True, False, None)],
-    [(20, b"x", True, False, None)], [(-1, b"x", True, False, None)], [("1", b"x", True, False, None)],
-    [(OP_TEXT, "text", True, False, None)], [(OP_TEXT, b"x", True, False, "abcd")],
-    [(OP_TEXT, b"x", True, False, bytearray(b"abcd"))], [(OP_TEXT, b"x", True, False, memoryview(b"abcd"))],
-    [(OP_TEXT, memoryview(bytes(8)).cast("I"), True, False, None)],
-    [(OP_BINARY, array.array("B", b"abc"), True, False, None)],
-    [(OP_TEXT, b"x", True, False, None), (OP_PING, bytes(126), True, False, None)],
-    [(OP_TEXT, b"x", True, False, None), (OP_CLOSE, b"", False, False, None)],
-    [(OP_TEXT, b"x", True, False, b"abc")], [(OP_TEXT, b"x", True)],
-    [(OP_TEXT, b"x", True, False, None, None)], [None], [(OP_TEXT, b"x", "yes", 2 ** 70, None)],
-    [(True, b"x", 1, 0, None)], [(OP_TEXT, b"x", True, False, b"abc"), (OP_TEXT, b"x", True, False, b"abcde")],
-])
-def test_serialize_odd_arguments(frames):
-    """Odd frames alone and in a batch of good ones (the C path takes batches apart with zip/map/join)."""
-    good = [(OP_BINARY, b"abc", True, False, None)] * 5
-    for batch in (frames, good + frames, frames + good, [f[:4] + (b"abcd",) for f in good] + frames):
-        assert outcome(C.serialize_frames_c, batch) == outcome(py_serialize_frames, batch)
-        assert outcome(C.serialize_frames, batch) == outcome(py_serialize_frames, batch)
-
-
-def test_kernels_serialize_frames_is_selected():
-    if kernels.BACKEND == "c":
-        assert kernels.serialize_frames is C.serialize_frames
-    else:
-        assert kernels.serialize_frames is py_serialize_frames

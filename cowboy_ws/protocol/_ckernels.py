@@ -4,11 +4,10 @@ Each function here has the contract of its pure-Python reference, exceptions
 (class, code, message) included; ``tests/test_speedups.py`` checks that
 differentially.  Selected by :mod:`.kernels`; never import this module elsewhere.
 
-* :func:`mask`, :func:`mask_inplace`, :func:`unmask_join`: RFC 6455 §5.3, as :mod:`.mask`;
+* :func:`mask`, :func:`unmask_join`: RFC 6455 §5.3, as :mod:`.mask`;
 * :class:`Utf8Validator`, :func:`validate_utf8`: RFC 3629 §4 / RFC 6455 §8.1,
   as :mod:`.utf8` (a DFA in C keeps the state between calls);
-* :func:`parse_frames`: RFC 6455 §5.2, ``FrameParser._parse`` in one C call;
-* :func:`serialize_frames`: RFC 6455 §5.2, as :func:`.frames.serialize_frames`.
+* :func:`parse_frames`: RFC 6455 §5.2, ``FrameParser._parse`` in one C call.
 
 Inputs the C code does not take (non-contiguous views, other buffer types,
 odd arguments) go to the pure-Python reference, so they behave exactly alike.
@@ -22,11 +21,9 @@ from typing import Any, NoReturn
 
 from cowboy_ws._speedups import ffi, lib  # the compiled kernels (not the runtime): absolute on purpose
 from . import mask as _py_mask_mod
-from . import utf8 as _py_utf8_mod
 from .errors import FrameError, InvalidUtf8, MessageTooBig
 
-__all__ = ["Utf8Validator", "mask", "mask_inplace", "parse_frames", "parse_frames_c", "serialize_frames",
-           "serialize_frames_c", "unmask_join", "validate_utf8"]
+__all__ = ["Utf8Validator", "mask", "parse_frames", "parse_frames_c", "unmask_join", "validate_utf8"]
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _from_buffer = ffi.from_buffer
@@ -37,7 +34,6 @@ _c_unmask_at = lib.cw_unmask_at
 _c_unmask_join = lib.cw_unmask_join
 _c_utf8_feed = lib.cw_utf8_feed
 _c_parse = lib.cw_parse_frames
-_c_serialize = lib.cw_serialize_frames
 _from_bytes = int.from_bytes
 
 # ---- masking (RFC 6455 §5.3) ---------------------------------------------------------------
@@ -48,7 +44,6 @@ _from_bytes = int.from_bytes
 SMALL_MASK = 128
 
 _py_mask = _py_mask_mod.mask
-_py_mask_inplace = _py_mask_mod.mask_inplace
 _py_unmask_join = _py_mask_mod.unmask_join
 
 
@@ -77,28 +72,6 @@ def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     _c_mask(out, src, n, key)
     _release(src)
     return _unpack(out, n)
-
-
-def mask_inplace(buffer: bytearray | memoryview, key: bytes, offset: int = 0) -> None:
-    """XOR ``buffer[offset:]`` in place with ``key`` from its first octet on (RFC 6455 §5.3).
-
-    Same contract as :func:`cowboy_ws.protocol.mask.mask_inplace`.
-    """
-    if type(key) is not bytes or len(key) != 4 or type(offset) is not int or (
-            type(buffer) is not bytearray and type(buffer) is not memoryview):
-        return _py_mask_inplace(buffer, key, offset)
-    try:
-        p = _from_buffer(buffer, require_writable=True)
-    except (TypeError, BufferError):  # read-only or not contiguous: the reference says which
-        return _py_mask_inplace(buffer, key, offset)
-    n = len(p)
-    if not 0 <= offset <= n:
-        _release(p)
-        return _py_mask_inplace(buffer, key, offset)
-    if n > offset:
-        _c_mask(p + offset, p + offset, n - offset, key)
-    _release(p)
-    return None
 
 
 def unmask_join(head: bytearray | bytes, offset: int, tail: bytes | bytearray | memoryview) -> bytes:
@@ -400,78 +373,3 @@ def _raise(err: int, detail: int, parser: Any) -> NoReturn:
     if err == lib.CW_E_TOO_BIG:
         raise MessageTooBig(f"frame of {detail} bytes exceeds max_frame_size {parser.max_frame_size}")
     raise AssertionError(f"unknown error code {err} from cw_parse_frames")  # pragma: no cover
-
-
-#: Batches of fewer frames go to the pure-Python serializer: taking a batch apart
-#: and calling C costs about 1.8 µs, the reference about 0.35 µs a plain frame and
-#: 0.8 µs a masked one.  Measured with ``python bench/bench_speedups.py crossover``.
-SERIALIZE_SMALL = 10
-SERIALIZE_SMALL_MASKED = 4
-
-
-def serialize_frames(frames: Any) -> bytes:
-    """Encode frames ``(opcode, payload, fin, rsv1, mask_key | None)`` into one buffer (RFC 6455 §5.2).
-
-    Same contract as :func:`cowboy_ws.protocol.frames.serialize_frames`: one C
-    call checks and writes every header, key and (masked) payload.  The batch is
-    taken apart with C-level builtins (``zip``, ``map``, ``join``), not a Python
-    loop; anything the C code does not take (a bad frame, mixed or odd keys,
-    odd payload types) is handed to the reference, which raises or encodes it.
-    """
-    if type(frames) is not list and type(frames) is not tuple:
-        frames = list(frames)
-    count = len(frames)
-    if count < SERIALIZE_SMALL:
-        if count < SERIALIZE_SMALL_MASKED:
-            return _py_serialize_frames(frames)
-        first = frames[0]
-        if type(first) is not tuple or len(first) != 5 or first[4] is None:
-            return _py_serialize_frames(frames)
-    return serialize_frames_c(frames)
-
-
-def serialize_frames_c(frames: Any) -> bytes:
-    """:func:`serialize_frames` in C at every batch size (a list or tuple of frames)."""
-    count = len(frames)
-    if not count:
-        return b""
-    try:
-        ops, payloads, fins, rsv1s, keys = zip(*frames, strict=True)  # every frame a 5-tuple
-        lens = list(map(len, payloads))
-        src = b"".join(payloads)
-        desc = _new_desc([*ops, *fins, *rsv1s, *lens])
-    except (TypeError, ValueError, OverflowError):  # bad tuples, payloads or flags: the reference says what
-        return _py_serialize_frames(frames)
-    size = len(src)
-    if size != sum(lens):  # a payload whose len() counts items, not bytes
-        return _py_serialize_frames(frames)
-    nones = keys.count(None)
-    if nones == count:
-        kb = _NULL
-    elif nones or set(map(type, keys)) != _BYTES_ONLY or set(map(len, keys)) != _FOUR:
-        return _py_serialize_frames(frames)  # mixed keys, a bad key (the reference's ValueError)
-    else:
-        kb = b"".join(keys)
-    out = _alloc("char[]", size + 14 * count)
-    written = _c_serialize(out, src, kb, desc, count)
-    if written < 0:
-        return _py_serialize_frames(frames)  # the reference's UsageError (or odd opcode)
-    return _unpack(out, written)
-
-
-_BYTES_ONLY = {bytes}
-_FOUR = {4}
-
-
-def _new_desc(desc: list[int]) -> Any:
-    return ffi.new("int64_t[]", desc)
-
-
-def _py_serialize_frames(frames: Any) -> bytes:
-    from .frames import serialize_frames as ref
-    return ref(frames)
-
-
-# The reference modules, for the tests' and benchmarks' convenience.
-py_mask = _py_mask
-py_utf8 = _py_utf8_mod

@@ -298,11 +298,11 @@ class Connection:
 
     # -- sending -------------------------------------------------------------------
 
-    def _frame(self, opcode: int, payload: BytesLike, fin: bool = True, rsv1: bool = False) -> bytes:
+    def _frame(self, opcode: int, payload: BytesLike, rsv1: bool = False) -> bytes:
         mask_key = self._mask_key
         if mask_key is None:
-            return serialize_frame(opcode, payload, fin=fin, rsv1=rsv1)
-        return serialize_frame(opcode, payload, fin=fin, rsv1=rsv1, mask_key=mask_key())
+            return serialize_frame(opcode, payload, rsv1=rsv1)
+        return serialize_frame(opcode, payload, rsv1=rsv1, mask_key=mask_key())
 
     @property
     def can_send(self) -> bool:
@@ -352,11 +352,6 @@ class Connection:
     def send_binary(self, data: BytesLike) -> None:
         """Queue a binary message (RFC 6455 §5.6)."""
         self.send_message("binary", data)
-
-    def send_fragment(self, opcode: int, data: BytesLike, fin: bool) -> None:
-        """Queue one raw fragment (RFC 6455 §5.4), uncompressed; the caller keeps the order rules."""
-        self._check_open()
-        self._out.append(self._frame(opcode, _as_bytes(data), fin=fin))
 
     def serialize_message(self, kind: str, data: bytes) -> bytes:
         """The whole message as the one frame :meth:`send_message` would queue (server side), not queued.

@@ -20,11 +20,9 @@ is buffered:
 * The configured ``max_frame_size`` bounds the payload length, so an oversized
   payload is refused (1009) before a byte of it is kept.
 
-:func:`serialize_frames` encodes a batch of frames into one buffer.  Both
-batch functions have a C mirror (``_speedups``): when :mod:`.kernels` selects
+The batch parser has a C mirror (``_speedups``): when :mod:`.kernels` selects
 the C backend, ``FrameParser._parse`` is the C parser (the pure-Python one stays
-as ``FrameParser._parse_py``, the reference) and ``kernels.serialize_frames``
-the C serializer.
+as ``FrameParser._parse_py``, the reference).
 
 Message-level rules (continuation without a start, a new start inside a
 fragmented message, close payloads, UTF-8) belong to :mod:`.connection`.
@@ -33,7 +31,7 @@ fragmented message, close payloads, UTF-8) belong to :mod:`.connection`.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Union
+from typing import Union
 
 from .errors import FrameError, MessageTooBig, ProtocolError, UsageError
 from .limits import MAX_CONTROL_PAYLOAD
@@ -303,17 +301,6 @@ def serialize_frame(opcode: int, payload: BytesLike = b"", *, fin: bool = True, 
     if mask_key is not None:
         return frame_header(opcode, length, fin=fin, rsv1=rsv1, masked=True) + mask_key + mask(payload, mask_key)
     return frame_header(opcode, length, fin=fin, rsv1=rsv1) + payload
-
-
-def serialize_frames(frames: "Iterable[tuple[int, BytesLike, bool, bool, bytes | None]]") -> bytes:
-    """Encode a batch of frames ``(opcode, payload, fin, rsv1, mask_key | None)`` as one buffer (RFC 6455 §5.2).
-
-    The pure-Python reference of the C batch serializer (``kernels.serialize_frames``):
-    the frames' :func:`serialize_frame` encodings, in order, joined.  The first
-    bad frame raises what :func:`serialize_frame` raises for it.
-    """
-    return b"".join([serialize_frame(opcode, payload, fin=fin, rsv1=rsv1, mask_key=mask_key)
-                     for opcode, payload, fin, rsv1, mask_key in frames])
 
 
 # -- backend selection (the one place for frames; kernels.BACKEND decides) ------------

@@ -1,9 +1,9 @@
-"""The one place that picks the kernel backend: masking, UTF-8 validation, batch framing.
+"""The one place that picks the kernel backend: masking, UTF-8 validation, batch frame parsing.
 
 Two backends with the same contracts:
 
-* ``"python"``: the pure-Python reference (:mod:`.mask`, :mod:`.utf8`,
-  ``FrameParser._parse`` and :func:`.frames.serialize_frames`), always there;
+* ``"python"``: the pure-Python reference (:mod:`.mask`, :mod:`.utf8` and
+  ``FrameParser._parse``), always there;
 * ``"c"``: the C mirror compiled from ``_speedups/`` into ``cowboy_ws._speedups``
   (cffi), wrapped by :mod:`._ckernels`.
 
@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from .mask import mask, mask_inplace, unmask_join
+from .mask import mask, unmask_join
 from .utf8 import Utf8Validator, validate_utf8
 
-__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "mask", "mask_inplace", "parse_frames",
-           "serialize_frames", "unmask_join", "validate_utf8"]
+__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "mask", "parse_frames", "unmask_join", "validate_utf8"]
 
 #: ``"c"`` or ``"python"``.
 BACKEND = "python"
@@ -48,19 +47,9 @@ else:
         C_UNAVAILABLE = f"cowboy_ws._speedups does not import: {exc}"
     else:
         mask = _ckernels.mask  # noqa: F811
-        mask_inplace = _ckernels.mask_inplace  # noqa: F811
         unmask_join = _ckernels.unmask_join  # noqa: F811
         Utf8Validator = _ckernels.Utf8Validator  # type: ignore[misc]  # noqa: F811
         validate_utf8 = _ckernels.validate_utf8  # noqa: F811
         parse_frames = _ckernels.parse_frames
-        serialize_frames = _ckernels.serialize_frames
         BACKEND = "c"
 
-
-def __getattr__(name: str) -> Any:
-    # The pure serialize_frames lives in .frames, which imports this module:
-    # look it up lazily (PEP 562) rather than import in a cycle.
-    if name == "serialize_frames":
-        from .frames import serialize_frames as ref
-        return ref
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,6 @@ Every frame a client sends is masked: octet ``i`` of the payload is XORed with
 octet ``i % 4`` of the 32-bit masking key (RFC 6455 §5.3). Masking and unmasking
 are the same operation, so :func:`mask` does both.
 
-:func:`mask_inplace` does the same to a writable buffer in place, and
 :func:`unmask_join` unmasks a payload that arrived in two pieces.
 
 Two pure-Python forms are used, whichever measured faster for the size:
@@ -17,7 +16,7 @@ Two pure-Python forms are used, whichever measured faster for the size:
 
 from __future__ import annotations
 
-__all__ = ["mask", "mask_inplace", "unmask_join"]
+__all__ = ["mask", "unmask_join"]
 
 #: ``_TABLES[k]`` is the 256-byte translate table of ``b -> b ^ k``.
 _TABLES: tuple[bytes, ...] = tuple(bytes(b ^ k for b in range(256)) for k in range(256))
@@ -62,30 +61,6 @@ def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     out[2::4] = out[2::4].translate(tables[key[2]])
     out[3::4] = out[3::4].translate(tables[key[3]])
     return bytes(out)
-
-
-def mask_inplace(buffer: bytearray | memoryview, key: bytes, offset: int = 0) -> None:
-    """XOR ``buffer[offset:]`` in place with ``key`` cycled from its first octet (RFC 6455 §5.3).
-
-    ``buffer`` is any writable, C-contiguous buffer (a bytearray, a writable
-    memoryview of any format: ``offset`` counts bytes).  Equivalent to
-    ``buffer[offset:] = mask(buffer[offset:], key)``.  Raises :class:`ValueError`
-    if ``key`` is not 4 bytes long or ``offset`` is not in ``0..len``,
-    :class:`TypeError` if ``buffer`` is read-only or not contiguous.
-    """
-    if len(key) != 4:
-        raise ValueError(f"masking key must be 4 bytes, not {len(key)}")
-    with memoryview(buffer) as view:
-        if view.readonly:
-            raise TypeError(f"mask_inplace needs a writable buffer, not a read-only {type(buffer).__name__}")
-        if not view.c_contiguous:
-            raise TypeError("mask_inplace needs a C-contiguous buffer")
-        with view.cast("B") as flat:
-            n = flat.nbytes
-            if not 0 <= offset <= n:
-                raise ValueError(f"offset {offset} out of range for a buffer of {n} bytes")
-            if n > offset:
-                flat[offset:] = mask(flat[offset:], key)
 
 
 def unmask_join(head: bytearray | bytes, offset: int, tail: bytes | bytearray | memoryview) -> bytes:
