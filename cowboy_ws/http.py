@@ -15,6 +15,9 @@ import ssl
 from typing import Any
 
 from .options import LINGER_TIMEOUT, MAX_LINGERING, WebSocketOptions
+from .handler import HandlerError, describe, is_websocket_handler
+from .lifecycle import crash_class
+from .outframes import BadResult, short
 from .process import _set_self
 from .protocol import handshake
 from .protocol.connection import Connection
@@ -161,7 +164,9 @@ class HttpConnection:
         self.buf = bytearray()
         try:
             self._handle(request, rest)
-        except Exception:  # a bug here must cost this request only, with an answer
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # a bug (or a route constraint's exit) must cost this request only, with an answer
             log.exception("[%s] error handling the request", self.cid)
             if not self.done and not self.out and not self.lingering:
                 self._respond(handshake.build_refusal(500, headers=[("server", self.server.server_header)]))
@@ -261,17 +266,19 @@ class HttpConnection:
         handler, state = match.handler, match.state
         try:
             result = handler.init(req, state)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             log.exception("[%s] init crashed", self.cid)
-            self._respond(handshake.build_refusal(500, headers=[("server", server.server_header)]))
             # cowboy_handler: terminate({crash, Class, Reason}, Req, State) when init raises
-            _terminate(handler, ("crash", "error", exc), default_req_filter(req), state, self.cid)
+            self._fail_request(handler, ("crash", crash_class(exc), exc), req, state)
             return
         if not isinstance(result, tuple) or len(result) not in (3, 4) or \
-                result[0] not in ("cowboy_websocket", "ok"):
-            log.error("[%s] init returned %r: expected ('cowboy_websocket', req, state[, opts]) "
-                      "or ('ok', req, state)", self.cid, result)
-            self._respond(handshake.build_refusal(500, headers=[("server", server.server_header)]))
+                result[0] not in ("cowboy_websocket", "ok") or (result[0] == "ok" and len(result) != 3):
+            exc = BadResult(f"init returned {short(result)}: expected ('cowboy_websocket', req, state[, opts]) "
+                            "or ('ok', req, state)")
+            log.error("[%s] %s", self.cid, exc)
+            self._fail_request(handler, ("crash", "error", exc), req, state)
             return
         req, state = result[1], result[2]
         if result[0] == "ok":
@@ -284,13 +291,33 @@ class HttpConnection:
                                          ("Sec-WebSocket-Version", "13")]))
             _terminate(handler, "normal", default_req_filter(req), state, self.cid)
             return
+        if not is_websocket_handler(handler):
+            exc = HandlerError(f"{describe(handler)} asked for a WebSocket upgrade but has no "
+                               "websocket_handle/websocket_info")
+            log.error("[%s] %s", self.cid, exc)
+            self._fail_request(handler, ("crash", "error", exc), req, state)
+            return
         try:
             opts = server.ws_options.merged(match.opts).merged(result[3] if len(result) == 4 else None)
         except (TypeError, ValueError) as exc:
-            log.error("[%s] bad websocket options: %s", self.cid, exc)
-            self._respond(handshake.build_refusal(500, headers=[("server", server.server_header)]))
+            log.error("[%s] bad websocket options from init: %s", self.cid, exc)
+            self._fail_request(handler, ("crash", "error", exc), req, state)
             return
-        self._upgrade(req, key, handler, state, opts, rest)
+        try:
+            partial = (opts.req_filter or default_req_filter)(req)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            log.exception("[%s] req_filter crashed", self.cid)
+            self._fail_request(handler, ("crash", crash_class(exc), exc), req, state)
+            return
+        self._upgrade(req, key, handler, state, opts, rest, partial)
+
+    def _fail_request(self, handler: Any, reason: Any, req: Any, state: Any) -> None:
+        """The request cannot go on (init crashed or misbehaved): answer 500, then ``terminate`` once."""
+        self._respond(handshake.build_refusal(500, headers=[("server", self.server.server_header)]))
+        partial = default_req_filter(req) if isinstance(req, Req) else {}
+        _terminate(handler, reason, partial, state, self.cid)
 
     def _reply(self, req: Req) -> None:
         status = req.resp_status if req.resp_status is not None else 204
@@ -301,7 +328,7 @@ class HttpConnection:
                                                     req.resp_body if status != 204 else b""))
 
     def _upgrade(self, req: Req, key: str, handler: Any, state: Any, opts: WebSocketOptions,
-                 rest: bytes) -> None:
+                 rest: bytes, partial: dict) -> None:
         """Answer 101 (RFC 6455 §4.2.2) and hand the socket to a WebSocketProcess."""
         deflate = None
         extensions = None
@@ -310,7 +337,7 @@ class HttpConnection:
                 offers = req.parse_header("sec-websocket-extensions") or []
             except HandshakeError as exc:
                 self._refuse(exc)
-                _terminate(handler, ("error", "badhandshake"), default_req_filter(req), state, self.cid)
+                _terminate(handler, ("error", "badhandshake"), partial, state, self.cid)
                 return
             negotiated = negotiate_server(offers, opts.deflate_opts, shared_deflaters=self.loop.deflaters)
             if negotiated is not None:
@@ -320,9 +347,8 @@ class HttpConnection:
         resp_headers.setdefault("server", self.server.server_header)
         response = handshake.build_response(key, protocol=protocol, extensions=extensions,
                                             headers=list(resp_headers.items()))
-        conn = Connection("server", max_frame_size=opts.frame_limit, validate_utf8=opts.validate_utf8,
+        conn = Connection("server", max_frame_size=opts.max_frame_size, validate_utf8=opts.validate_utf8,
                           deflate=deflate)
-        partial = (opts.req_filter or default_req_filter)(req)
         self.done = True
         self._timer.cancel()
         self._unregister()
@@ -339,5 +365,7 @@ def _terminate(handler: Any, reason: Any, partial: dict, state: Any, cid: str) -
     _set_self(None)
     try:
         terminate(reason, partial, state)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
         log.exception("[%s] terminate raised", cid)

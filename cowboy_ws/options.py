@@ -13,12 +13,11 @@ line, never unbounded memory or a spinning loop.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 from .protocol.deflate import DeflateOptions
+from .protocol.errors import UsageError
 from .protocol.limits import MAX_FRAME_SIZE
-
-Limit = Union[int, str]  # an int, or "infinity"
 
 #: Cowboy's idle_timeout default (ms).
 IDLE_TIMEOUT = 60_000
@@ -37,7 +36,7 @@ MAX_SEND_BUFFER = 16 << 20
 #: Keepalive: send a Ping every ``ping_interval`` ms (off by default, as in Cowboy) and close with
 #: 1011 "keepalive ping timeout" (as websockets does), reason ``"timeout"``, when nothing at all was
 #: received within ``ping_timeout`` ms of it.
-PING_INTERVAL = "infinity"
+PING_INTERVAL: int | None = None  # "infinity"
 PING_TIMEOUT = 20_000
 
 # -- the server's limits (Server(...) keyword arguments) ------------------------------------
@@ -63,44 +62,102 @@ ACCEPT_BACKOFF_MAX = 1.0
 
 #: The server's default permessage-deflate settings: zlib-ng level 1, and no *server* context
 #: takeover (RFC 7692 §7.1.1.1 lets a server add server_no_context_takeover on its own), so the
-#: deflater is dropped after each message instead of living with every idle connection.
-#: Measured in-process on 1 KiB JSON documents (RSS per deflater, CPU per message, compressed/raw):
-#:   zlib-ng  w15 ml8, takeover:     208 KiB deflater per connection, 1.7 us/msg, ratio 0.17
-#:   stdlib   w12 ml5, takeover:      30 KiB per connection,          7.9 us/msg, ratio 0.14
-#:   zlib-ng  no takeover (chosen):    0 KiB while idle, ~3 us/msg (a fresh deflater each message)
-#: deflate_opts={"server_context_takeover": True} trades the memory back for a better ratio.
+#: deflater is dropped after each message instead of living with every idle connection (memory
+#: and CPU of each setting: bench/README.md).  deflate_opts={"server_context_takeover": True}
+#: trades the memory back for a better ratio.
 SERVER_DEFLATE = DeflateOptions(server_context_takeover=False)
+
+#: Cowboy 2.18 options that mean nothing for this runtime, accepted (type-checked) and ignored:
+#: ``active_n`` (Cowboy's {active, N} socket mode: here a readable socket is read once per loop
+#: round), ``data_delivery`` / ``data_delivery_flow`` (relaying frames to another process, for
+#: WebSocket over HTTP/2, which this server does not speak), ``dynamic_buffer*`` (Cowboy sizes
+#: a per-connection receive buffer; here one buffer per loop serves every connection).
+IGNORED_COWBOY_OPTIONS = ("active_n", "data_delivery", "data_delivery_flow", "dynamic_buffer",
+                          "dynamic_buffer_initial_average", "dynamic_buffer_initial_size")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _limit(name: str, value: Any, minimum: int) -> int | None:
+    """An int >= minimum, or "infinity"/None (returned as None: no limit)."""
+    if value is None or value == "infinity":
+        return None
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"websocket option {name}: expected an int >= {minimum} or 'infinity', not {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"websocket option {name}: expected an int >= {minimum}, not {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _check_ignored(name: str, value: Any) -> None:
+    """Type-check a Cowboy option this runtime ignores (a typo'd value is still an error)."""
+    if name in ("active_n", "data_delivery_flow", "dynamic_buffer_initial_size"):
+        _int(name, value, 1)
+    elif name == "dynamic_buffer_initial_average":
+        _int(name, value, 0)
+    elif name == "data_delivery":
+        if value not in ("emit_message", "relay"):
+            raise ValueError(f"websocket option data_delivery: expected 'emit_message' or 'relay', not {value!r}")
+    elif name == "dynamic_buffer":
+        if not (value is False or (isinstance(value, tuple) and len(value) == 2 and all(
+                _is_int(v) and v > 0 for v in value) and value[0] <= value[1])):
+            raise ValueError(f"websocket option dynamic_buffer: expected False or (min, max) with "
+                             f"0 < min <= max, not {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class WebSocketOptions:
-    """Per-connection options; see DESIGN.md for each one's meaning."""
+    """Per-connection options (Cowboy's ``cowboy_websocket:opts()`` and this server's own).
+
+    Limits given as ``"infinity"`` are stored as ``None`` (no limit), once, here.
+    ``idle_timeout`` and ``max_frame_size`` may be 0 (Erlang's ``timeout()`` includes 0).
+    A value of the wrong type or range raises ValueError naming the option and what it
+    accepts.  Cowboy options this runtime has no use for are accepted and ignored
+    (:data:`IGNORED_COWBOY_OPTIONS`).
+    """
 
     compress: bool = False
-    idle_timeout: Limit = IDLE_TIMEOUT
-    max_frame_size: Limit = MAX_FRAME_SIZE
+    idle_timeout: int | None = IDLE_TIMEOUT
+    max_frame_size: int | None = MAX_FRAME_SIZE
     validate_utf8: bool = True
     req_filter: Callable[[Any], dict] | None = None
     deflate_opts: DeflateOptions = SERVER_DEFLATE
     close_timeout: int = CLOSE_TIMEOUT
     send_high_water: int = SEND_HIGH_WATER
     send_low_water: int = SEND_LOW_WATER
-    max_send_buffer: Limit = MAX_SEND_BUFFER
-    ping_interval: Limit = PING_INTERVAL
+    max_send_buffer: int | None = MAX_SEND_BUFFER
+    ping_interval: int | None = PING_INTERVAL
     ping_timeout: int = PING_TIMEOUT
+    #: Cowboy options accepted and ignored, as given (see IGNORED_COWBOY_OPTIONS)
+    ignored: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout", "max_frame_size", "max_send_buffer", "ping_interval"):
-            value = getattr(self, name)
-            if value != "infinity" and not (isinstance(value, int) and value > 0):
-                raise ValueError(f"{name} must be a positive int or 'infinity', not {value!r}")
+        fix = object.__setattr__  # frozen: normalize once, here
+        for name in ("compress", "validate_utf8"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"websocket option {name}: expected True or False, not {getattr(self, name)!r}")
+        fix(self, "idle_timeout", _limit("idle_timeout", self.idle_timeout, 0))
+        fix(self, "max_frame_size", _limit("max_frame_size", self.max_frame_size, 0))
+        fix(self, "max_send_buffer", _limit("max_send_buffer", self.max_send_buffer, 1))
+        fix(self, "ping_interval", _limit("ping_interval", self.ping_interval, 1))
         for name in ("close_timeout", "send_high_water", "send_low_water", "ping_timeout"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
+            _int(name, getattr(self, name), 1)
         if self.send_low_water > self.send_high_water:
-            raise ValueError(f"send_low_water ({self.send_low_water}) must not exceed "
+            raise ValueError(f"websocket option send_low_water ({self.send_low_water}) must not exceed "
                              f"send_high_water ({self.send_high_water})")
+        if self.req_filter is not None and not callable(self.req_filter):
+            raise ValueError(f"websocket option req_filter: expected a function of the Req, not {self.req_filter!r}")
+        if not isinstance(self.deflate_opts, DeflateOptions):
+            raise ValueError(f"websocket option deflate_opts: expected a dict of deflate settings, "
+                             f"not {self.deflate_opts!r}")
+        for name, value in self.ignored:
+            _check_ignored(name, value)
 
     def replace(self, **changes: Any) -> "WebSocketOptions":
         return dataclasses.replace(self, **changes)
@@ -109,22 +166,22 @@ class WebSocketOptions:
         """These options with ``overrides`` (a Cowboy-style opts map) applied; unknown keys raise."""
         if not overrides:
             return self
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = set(overrides) - fields
+        if not isinstance(overrides, dict):
+            raise ValueError(f"websocket options must be a dict, not {overrides!r}")
+        fields = {f.name for f in dataclasses.fields(self)} - {"ignored"}
+        unknown = set(overrides) - fields - set(IGNORED_COWBOY_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown websocket option(s): {', '.join(sorted(unknown))}")
-        changes = dict(overrides)
+            raise ValueError(f"unknown websocket option(s): {', '.join(sorted(map(str, unknown)))} "
+                             f"(known: {', '.join(sorted(fields | set(IGNORED_COWBOY_OPTIONS)))})")
+        changes = {k: v for k, v in overrides.items() if k in fields}
+        ignored = dict(self.ignored)
+        ignored.update((k, v) for k, v in overrides.items() if k in IGNORED_COWBOY_OPTIONS)
+        if ignored:
+            changes["ignored"] = tuple(ignored.items())
         deflate = changes.get("deflate_opts")
         if isinstance(deflate, dict):
-            changes["deflate_opts"] = dataclasses.replace(self.deflate_opts, **deflate)
+            try:
+                changes["deflate_opts"] = dataclasses.replace(self.deflate_opts, **deflate)
+            except (TypeError, ValueError, UsageError) as exc:
+                raise ValueError(f"websocket option deflate_opts: {exc}") from None
         return dataclasses.replace(self, **changes)
-
-    @property
-    def frame_limit(self) -> int | None:
-        """max_frame_size as the protocol core takes it (None for infinity)."""
-        return None if self.max_frame_size == "infinity" else self.max_frame_size  # type: ignore[return-value]
-
-    @property
-    def send_limit(self) -> int | None:
-        """max_send_buffer in bytes (None for infinity)."""
-        return None if self.max_send_buffer == "infinity" else self.max_send_buffer  # type: ignore[return-value]

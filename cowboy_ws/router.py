@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 from urllib.parse import unquote_to_bytes
 
+from .handler import HandlerError, check_handler
+
 __all__ = ["Match", "Route", "Router", "split_host", "split_path"]
 
 Constraint = Union[str, Callable[[Any], Any], Sequence[Union[str, Callable[[Any], Any]]]]
@@ -376,6 +378,10 @@ def _path_rule(entry: Any) -> list[_Rule]:
         raise TypeError(f"a path pattern must be a str, not {type(route.pattern).__name__}")
     if not isinstance(route.opts, Mapping):
         raise TypeError(f"route opts must be a dict, not {type(route.opts).__name__}")
+    try:
+        check_handler(route.handler)
+    except HandlerError as exc:
+        raise HandlerError(f"route {route.pattern!r}: {exc}") from None
     cons = _compile_constraints(route.constraints)
     rules = []
     for segs in _compile_path(route.pattern):

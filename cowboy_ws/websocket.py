@@ -2,22 +2,28 @@
 
 One :class:`WebSocketProcess` per connection.  It reads the socket, feeds the
 sans-IO :class:`~cowboy_ws.protocol.connection.Connection`, calls the handler's
-``websocket_init`` / ``websocket_handle`` / ``websocket_info`` and interprets
-their results exactly as the contract table of DESIGN.md says, and calls
-``terminate`` exactly once, whatever the exit path.
+``websocket_init`` / ``websocket_handle`` / ``websocket_info``, interprets their
+results (docs/design.md, the contract table) and calls ``terminate`` exactly once.
+
+Lifecycle: one field, :attr:`WebSocketProcess.phase`, moves through the phases of
+:mod:`cowboy_ws.lifecycle` (``handshake -> open -> closing -> draining -> closed``)
+by four transition methods: :meth:`start`, :meth:`_begin_close`, :meth:`_drain`
+and :meth:`_finish`.  Every close code the runtime decides comes from
+:data:`cowboy_ws.protocol.closecodes.RUNTIME_CLOSES`.
+
+Faults stay in their connection: whatever a callback raises (any exception,
+``SystemExit``...) or returns that is not a call result closes this connection
+with 1011 and terminate reason ``("crash", class, exc)``; an unexpected error of
+the runtime or the protocol layer on this connection does the same.  Only
+``KeyboardInterrupt`` goes through, to stop the server.
 
 Output is batched: callbacks only queue frames; the loop flushes each dirty
 connection once per round, so everything produced by one read leaves in one
-``send``.
-
-Backpressure: what the kernel did not take waits in a per-connection send
-buffer.  Above ``send_high_water`` bytes the connection stops reading the
-socket (Cowboy's ``{active, false}``: a peer that does not read cannot make us
-produce more replies, pongs included) until the buffer drains below
-``send_low_water``; a handler that keeps pushing to a peer already behind past
-``max_send_buffer`` gets the connection closed with 1008 and terminate reason
-``("error", "send_buffer_overflow")``.  Every Close waits at most
-``close_timeout`` ms behind unsent data before TCP is dropped.  With
+``send``.  What the kernel does not take waits in a :class:`~cowboy_ws.sendbuffer.SendBuffer`:
+above ``send_high_water`` bytes the connection stops reading (Cowboy's
+``{active, false}``) until it drains below ``send_low_water``; a handler that keeps
+pushing to a peer already behind past ``max_send_buffer`` gets the connection
+closed with 1008, reason ``("error", "send_buffer_overflow")``.  With
 ``ping_interval`` set, the server pings and closes with 1011 (reason
 ``"timeout"``) when nothing arrives within ``ping_timeout`` ms.
 """
@@ -33,12 +39,13 @@ import time
 from collections import deque
 from typing import Any
 
+from .lifecycle import CLOSED, CLOSING, DRAINING, HANDSHAKE, OPEN, check_transition, crash_class
 from .options import WebSocketOptions
-from .outframes import COMMANDS as _COMMANDS, BadResult, iodata as _iodata, normalize_frame
+from .outframes import COMMANDS, BadResult, normalize, normalize_frame, short
 from .process import Pid
-from .protocol import closecodes
-from .protocol.connection import CLOSED, OPEN, Connection, encode_close_payload
-from .protocol.errors import UsageError
+from .protocol.closecodes import RUNTIME_CLOSES
+from .protocol.connection import CLOSED as CONN_CLOSED, OPEN as CONN_OPEN, Connection
+from .sendbuffer import WOULD_BLOCK, SendBuffer
 
 log = logging.getLogger(__name__)
 _monotonic = time.monotonic
@@ -49,22 +56,20 @@ _NO_ARG: Any = object()  # _call's second callback argument, when there is none
 READ_SIZE = 65536
 #: Above this many bytes queued in several buffers, flush with sendmsg (no join copy) instead of one send.
 SENDMSG_MIN = 32768
-_COALESCE = 65536  # in the send buffer, buffers smaller than this are joined into one send
-_KEEPALIVE_REASON = b"keepalive ping timeout"  # what websockets says with its 1011
+
+#: The call results a callback may return (for error messages).
+RESULT_FORMS = ('("ok", state[, "hibernate"]), ("reply", frame_or_frames, state[, "hibernate"]), '
+                '([frame_or_command, ...], state[, "hibernate"]) or ("stop", state)')
 
 
 class WebSocketProcess:
     """An upgraded connection running a Cowboy-style handler."""
 
-    # State that most connections never change lives here as class-level defaults (set on the
-    # instance when it changes): fewer instance attributes keep CPython's shared-key instance dict
-    # and the specialized attribute loads of the per-message path (measured: 4% CPU per message).
-    _pending_size = 0                # bytes in _pending
-    _throttled = False               # reading paused: _pending went over send_high_water
-    _linger = False                  # we failed the connection: discard input until the peer closes
-    _wr_closed = False               # FIN sent
-    _ended = False                   # the Pid exited and terminate ran
+    # Rarely changed state lives here as class-level defaults (set on the instance when it
+    # changes): fewer instance attributes keep the per-message attribute loads specialized.
+    _throttled = False               # reading paused: the send buffer went over send_high_water
     _ping_timer: Any = None          # keepalive (ping_interval) timer
+    _close_timer: Any = None         # bounds closing + draining (close_timeout)
 
     def __init__(self, server: Any, sock: socket.socket, handler: Any, state: Any, partial_req: dict,
                  opts: WebSocketOptions, conn: Connection, cid: str) -> None:
@@ -77,49 +82,144 @@ class WebSocketProcess:
         self.opts = opts
         self.conn = conn
         self.cid = cid
+        #: the lifecycle phase (cowboy_ws.lifecycle); changed only by the transition methods
+        self.phase = HANDSHAKE
         self.pid = Pid(self, self.loop)
         self.is_tls = isinstance(sock, ssl.SSLSocket)
-        self.active = True
-        self.reason: Any = None            # terminate reason, fixed at the first exit decision
+        self.active = True                 # the handler's ("active", bool) command
+        self.reason: Any = None            # terminate reason, fixed when the phase leaves open
         self.shutdown_reason: Any = "normal"
-        self.done = False
-        # Both queues are dropped (None) while hibernating and created again when needed.
-        self._mailbox: deque[Any] | None = deque()
+        self.sendbuf = SendBuffer()        # written but not yet accepted by the kernel
+        self._mailbox: deque[Any] | None = deque()  # dropped (None) while hibernating
         self._mailbox_scheduled = False
-        self._pending: deque[Any] | None = deque()  # written but not yet accepted by the kernel
         self._events = 0                    # selector interest currently registered
-        self._close_after_flush = False
-        self._close_timer: Any = None
         self._idle_timer: Any = None
         self._last_recv = self.loop.time()
-        self._hibernating = False
-        self._handle = getattr(handler, "websocket_handle", None)
-        self._info = getattr(handler, "websocket_info", None)
+        self._handle = handler.websocket_handle
+        self._info = handler.websocket_info
 
     def __repr__(self) -> str:
-        return f"<WebSocketProcess {self.cid} {self.pid!r}>"
+        return f"<WebSocketProcess {self.cid} {self.pid!r} {self.phase}>"
 
-    # -- start ---------------------------------------------------------------------
+    # -- transitions (cowboy_ws.lifecycle.TRANSITIONS) --------------------------------
 
     def start(self, initial: bytes, handshake_response: bytes) -> None:
-        """Send the 101 response, run ``websocket_init``, then handle bytes that came with the request."""
-        self._pending.append(handshake_response)
-        self._pending_size = len(handshake_response)
+        """handshake -> open: queue the 101 response, run ``websocket_init``, then the bytes that came
+        with the request."""
+        self.phase = check_transition(self.phase, OPEN)
+        self.sendbuf.append(handshake_response)
         self.loop.mark_dirty(self)
-        self._set_interest(selectors.EVENT_READ)
+        self._set_interest(_READ)
         self._arm_idle_timer()
-        if self.opts.ping_interval != "infinity":
+        if self.opts.ping_interval is not None:
             self._ping_timer = self.loop.call_later(self.opts.ping_interval / 1000.0, self._keepalive)
         init = getattr(self.handler, "websocket_init", None)
         if init is not None:
             self._call(init, self.state)
-        if initial and not self.done and self.conn.state != CLOSED:
+        if initial and self.phase is OPEN:
             self._receive(initial)
+
+    def _begin_close(self, reason: Any, cause: str | None = None,
+                     frame: tuple[int | None, bytes] | None = None) -> None:
+        """open -> closing: fix the terminate reason, queue our Close if we still may, run ``terminate``.
+
+        Our Close is ``frame`` (the handler's own ``(code, reason)``) or the code of ``cause`` in
+        ``RUNTIME_CLOSES``; none is sent when the peer's Close arrived (the core queued the echo,
+        RFC 6455 §5.5.1) or the protocol layer failed the connection (it queued its code, §7.1.7).
+        The transport then writes the Close out and waits for the peer's (§7.1.2), within
+        ``close_timeout``; ``terminate`` does not wait for that.
+        """
+        if self.phase is not OPEN:
+            return
+        self.phase = check_transition(OPEN, CLOSING)
+        self.reason = reason
+        conn = self.conn
+        if conn.state is CONN_OPEN and (cause is not None or frame is not None):
+            code, payload = frame if frame is not None else RUNTIME_CLOSES[cause]  # type: ignore[index]
+            conn.send_close(code, payload)
+        self._cancel_timers()
+        self._close_timer = self.loop.call_later(self.opts.close_timeout / 1000.0, self._close_timed_out)
+        self.loop.mark_dirty(self)
+        self._end_process()
+
+    def _drain(self) -> None:
+        """closing -> draining: our Close is written.  The server closes the TCP connection first
+        (RFC 6455 §7.1.1): send FIN with it (plain TCP), then read until the peer's Close, if it has
+        not come yet, or its FIN (within the close timer).  Input past a Close is discarded: closing
+        with unread input would reset the connection, and a reset can destroy our Close before the
+        peer reads it."""
+        self.phase = check_transition(CLOSING, DRAINING)
+        if not self.is_tls:  # TLS: no FIN without close_notify; the peer closes on our Close
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._finish()  # the peer is already gone
+                return
+        self._set_interest(_READ)
+
+    def _finish(self, reason: Any = ("error", "closed")) -> None:
+        """Any phase -> closed: release the socket; if the handler still ran, ``terminate`` with ``reason``."""
+        phase = self.phase
+        if phase is CLOSED:
+            return
+        self.phase = check_transition(phase, CLOSED)
+        if self.reason is None:
+            self.reason = reason
+        self._cancel_timers()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self._events:
+            try:
+                self.loop.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self._events = 0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.sendbuf.clear()
+        self.server._forget(self)
+        if phase is OPEN or phase is HANDSHAKE:
+            self._end_process()
+        log.debug("[%s] closed: %r", self.cid, self.reason)
+
+    def _end_process(self) -> None:
+        """The handler's side of the end (on leaving open): the Pid exits, then ``terminate`` runs."""
+        self._mailbox = None
+        # Cowboy exits with {shutdown, Reason} after the shutdown_reason command, else normal.
+        self.pid._exit("normal" if self.shutdown_reason == "normal" else ("shutdown", self.shutdown_reason))
+        terminate = getattr(self.handler, "terminate", None)
+        if terminate is not None:
+            self.loop.self_pid = self.pid
+            try:
+                terminate(self.reason, self.partial_req, self.state)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                log.exception("[%s] terminate raised", self.cid)
+            finally:
+                self.loop.self_pid = None
+
+    def fault(self, exc: BaseException) -> None:
+        """An unexpected error of the runtime or the protocol layer on this connection: close it 1011
+        (terminate gets ``("crash", class, exc)``), or drop it if it is already closing."""
+        log.error("[%s] internal error, closing the connection", self.cid, exc_info=exc)
+        if self.phase is OPEN:
+            try:
+                self._begin_close(("crash", crash_class(exc), exc), "crash")
+                return
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                log.exception("[%s] could not close cleanly", self.cid)
+        self._finish(("crash", crash_class(exc), exc))
 
     # -- I/O -----------------------------------------------------------------------
 
     def _set_interest(self, events: int) -> None:
-        if events == self._events or self.done:
+        if events == self._events or self.phase is CLOSED:
             return
         selector = self.loop.selector
         if self._events == 0:
@@ -131,18 +231,25 @@ class WebSocketProcess:
         self._events = events
 
     def _wanted_events(self) -> int:
-        events = selectors.EVENT_WRITE if self._pending else 0
-        if self.active and not self._throttled and not self._close_after_flush:
-            events |= selectors.EVENT_READ
-        elif self._close_after_flush and (self.conn.state != CLOSED or self._linger):
-            events |= selectors.EVENT_READ  # wait for the peer's Close (or its EOF)
+        events = _WRITE if self.sendbuf.size else 0
+        phase = self.phase
+        if phase is OPEN:
+            if self.active and not self._throttled:
+                events |= _READ
+        elif phase is DRAINING or self.conn.state is not CONN_CLOSED:
+            events |= _READ  # the peer's Close, or its FIN
         return events
 
     def _on_ready(self, mask: int) -> None:
-        if mask & _WRITE:
-            self.flush()
-        if mask & _READ and not self.done:
-            self._read()
+        try:
+            if mask & _WRITE:
+                self.flush()
+            if mask & _READ and self.phase is not CLOSED:
+                self._read()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a bug below us must cost this connection only, with a Close
+            self.fault(exc)
 
     def _read(self) -> None:
         sock = self.sock
@@ -163,62 +270,53 @@ class WebSocketProcess:
             self._socket_error(exc)
             return
         if not data:
-            self._eof()
+            self.conn.receive_eof()
+            self._finish(("error", "closed"))
             return
         self._last_recv = _monotonic()  # the loop's clock (Loop.time)
         self._receive(data)
 
-    def _receive(self, data: bytes) -> None:
-        self._hibernating = False
-        events = self.conn.receive_data(data)
+    def _receive(self, data: Any) -> None:
+        conn = self.conn
+        events = conn.receive_data(data)
         if events:
-            self._dispatch(events)
+            if self.phase is OPEN:
+                self._dispatch(events)
+            elif self.phase is DRAINING and events[-1][0] == "close":
+                self._finish()  # the peer's Close after our Close and FIN: the closing handshake is done
+                return
         # the peer's Close answering ours completes the closing handshake: flush finishes (§7.1.1)
-        if self.conn.has_data_to_send or (self._close_after_flush and self.conn.state == CLOSED):
+        if conn.has_data_to_send or (self.phase is CLOSING and conn.state is CONN_CLOSED):
             self.loop.mark_dirty(self)
 
     def flush(self) -> None:
         """Write everything queued in one ``send`` (called once per loop round)."""
-        if self.done:
+        if self.phase is CLOSED:
             return
         out = self.conn.buffers_to_send()
-        if self._pending:  # the peer is behind: the send buffer's path
-            self._flush_pending(out)
+        sendbuf = self.sendbuf
+        if sendbuf.size:  # the peer is behind: the send buffer's path
+            self._flush_buffered(out)
             return
         if out:
             count = len(out)
             if 1 < count < 512 and not self.is_tls:
-                # the usual pair, a large payload and its header, without map() and sum() (~100 ns)
+                # the usual pair, a large payload and its header, summed without map() and sum()
                 total = len(out[0]) + len(out[1]) if count == 2 else sum(map(len, out))
                 if total >= SENDMSG_MIN:
                     self._sendmsg(out, total)
                     return
-            data = out[0] if len(out) == 1 else b"".join(out)
+            data = out[0] if count == 1 else b"".join(out)
             try:
                 sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            except WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
                 self._socket_error(exc)
                 return
             if sent < len(data):
-                self._send_queue().append(memoryview(data)[sent:] if sent else data)
-                self._pending_size = len(data) - sent
+                sendbuf.append(memoryview(data)[sent:] if sent else data)
         self._after_write()
-
-    def _after_write(self) -> None:
-        """After a direct write: water marks if the kernel left some, close if due, selector interest."""
-        if self._pending:
-            if self._pending_size > self.opts.send_high_water:
-                self._check_send_buffer(0)
-            if not self.done:
-                self._set_interest(self._wanted_events())
-            return
-        if self._close_after_flush:
-            self._after_close_flushed()
-            return
-        if self._events != _READ or self._throttled or not self.active:  # else _wanted_events() is _READ
-            self._set_interest(self._wanted_events())
 
     def _sendmsg(self, out: list, total: int) -> None:
         """Write several large buffers (``total`` bytes) with one sendmsg (header and payload without a join copy)."""
@@ -230,85 +328,78 @@ class WebSocketProcess:
             self._socket_error(exc)
             return
         if sent < total:
-            for i, buf in enumerate(out):  # keep what the kernel did not take, in order
-                if sent < len(buf):
-                    pending = self._send_queue()
-                    pending.append(memoryview(buf)[sent:] if sent else buf)
-                    pending.extend(out[i + 1:])
-                    break
-                sent -= len(buf)
-            self._pending_size = sum(map(len, self._pending))  # type: ignore[arg-type]
+            self.sendbuf.keep_unsent(out, sent)
         self._after_write()
 
-    def _send_queue(self) -> deque:
-        if self._pending is None:
-            self._pending = deque()
-        return self._pending
+    def _after_write(self) -> None:
+        """After a direct write: water marks if the kernel left some, the close if due, selector interest."""
+        size = self.sendbuf.size
+        if size:
+            if size > self.opts.send_high_water:
+                self._check_send_buffer(0)
+            self._set_interest(self._wanted_events())
+        elif self.phase is not OPEN:
+            self._close_written()
+        elif self._events != _READ or self._throttled or not self.active:  # else _wanted_events() is _READ
+            self._set_interest(self._wanted_events())
 
-    def _flush_pending(self, out: list) -> None:
+    def _flush_buffered(self, out: list) -> None:
         """Write from the send buffer until the kernel refuses more, then apply the water marks."""
-        pending = self._pending
-        before = self._pending_size
+        sendbuf = self.sendbuf
+        before = sendbuf.size
         if out:
-            pending.extend(out)
-            self._pending_size += sum(map(len, out))
-        sock = self.sock
-        while pending:
-            data = pending[0]
-            if len(data) < _COALESCE and len(pending) > 1:  # many small frames: one send
-                parts = []
-                size = 0
-                while pending and size < _COALESCE:
-                    part = pending.popleft()
-                    parts.append(part)
-                    size += len(part)
-                data = b"".join(parts)
-                pending.appendleft(data)
-            try:
-                sent = sock.send(data)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                self._socket_error(exc)
-                return
-            self._pending_size -= sent
-            if sent < len(data):
-                pending[0] = memoryview(data)[sent:]
-                break
-            pending.popleft()
-        if self._throttled or self._pending_size > self.opts.send_high_water:
+            sendbuf.extend(out)
+        try:
+            sendbuf.write_to(self.sock)
+        except OSError as exc:
+            self._socket_error(exc)
+            return
+        if self._throttled or sendbuf.size > self.opts.send_high_water:
             self._check_send_buffer(before)
-            if self.done:
-                return
-        if not pending and self._close_after_flush:
-            self._after_close_flushed()
+        if not sendbuf.size and self.phase is not OPEN:
+            self._close_written()
             return
         self._set_interest(self._wanted_events())
 
     def _check_send_buffer(self, before: int) -> None:
         """Water marks: pause reading above high, resume below low, 1008 past the hard limit."""
-        size = self._pending_size
+        size = self.sendbuf.size
         opts = self.opts
         if size > opts.send_high_water:
             if not self._throttled:
                 self._throttled = True
                 log.debug("[%s] peer is slow: %d bytes unsent, reading paused", self.cid, size)
-            limit = opts.send_limit
-            if limit is not None and size > limit and before >= opts.send_high_water and self.reason is None:
+            limit = opts.max_send_buffer
+            if limit is not None and size > limit and before >= opts.send_high_water and self.phase is OPEN:
                 log.warning("[%s] peer does not read: %d bytes unsent (max_send_buffer %d), closing 1008",
                             self.cid, size, limit)
-                self._begin_close(("error", "send_buffer_overflow"), closecodes.POLICY_VIOLATION)
+                self._begin_close(("error", "send_buffer_overflow"), "send_buffer_overflow")
         elif size <= opts.send_low_water:
             self._throttled = False
             log.debug("[%s] send buffer drained to %d bytes, reading resumed", self.cid, size)
+
+    def _close_written(self) -> None:
+        """Closing, and everything up to our Close is written: drain, or close at once over TLS when
+        the closing handshake is complete (nothing is left to read)."""
+        if self.phase is not CLOSING or self.conn.has_data_to_send:
+            self._set_interest(self._wanted_events())
+            return
+        failed = type(self.reason) is tuple and self.reason[0] == "error"  # the peer may still be sending
+        if self.is_tls and self.conn.state is CONN_CLOSED and not failed:
+            self._finish()
+        else:
+            self._drain()
+
+    def _socket_error(self, exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno, "closed").lower() if exc.errno else "closed"
+        log.debug("[%s] socket error: %s", self.cid, exc)
+        self._finish(("error", name))
 
     # -- dispatch ------------------------------------------------------------------
 
     def _dispatch(self, events: list) -> None:
         for event in events:
-            if self.done or self.reason is not None:
-                if events[-1][0] == "error":  # the protocol layer failed it after our decision: drain too
-                    self._linger = True
+            if self.phase is not OPEN:
                 return
             kind = event[0]
             if kind == "close":
@@ -317,14 +408,13 @@ class WebSocketProcess:
             elif kind == "error":
                 exc = event[1]
                 log.info("[%s] protocol error, closing %d: %s", self.cid, exc.code, exc)
-                self._linger = True
                 self._begin_close(("error", exc.reason))
             else:
                 self._call(self._handle, event, self.state)
 
     def deliver(self, msg: Any) -> None:
         """A message for ``websocket_info`` (from :meth:`Pid.send`): queue it, handle it this round."""
-        if self.done or self.reason is not None:
+        if self.phase is not OPEN:
             return
         if self._mailbox is None:
             self._mailbox = deque()
@@ -340,25 +430,24 @@ class WebSocketProcess:
             return
         # Only what is queued now: a handler that keeps sending to itself yields to others.
         for _ in range(len(mailbox)):
-            if self.done or self.reason is not None:
-                mailbox.clear()
+            if self.phase is not OPEN:
                 return
             self._call(self._info, mailbox.popleft(), self.state)
         if self.conn.has_data_to_send:
             self.loop.mark_dirty(self)
-        if mailbox and not self._mailbox_scheduled:
+        if mailbox and not self._mailbox_scheduled and self.phase is OPEN:
             self._mailbox_scheduled = True
             self.loop.call_soon(self._drain_mailbox)
 
     def _call(self, callback: Any, arg: Any, state: Any = _NO_ARG) -> None:
         """Run one handler callback, ``callback(arg, state)`` (``callback(arg)`` for websocket_init),
-        and apply its result; a raise is a crash (1011)."""
+        and apply its result; whatever it raises (but KeyboardInterrupt) is a crash (1011)."""
         loop = self.loop
         loop.self_pid = self.pid  # self() inside the callback
         try:
             result = callback(arg) if state is _NO_ARG else callback(arg, state)
             # Fast paths for the two commonest results; everything else goes through _apply.
-            if type(result) is tuple and self.reason is None:
+            if type(result) is tuple and self.phase is OPEN:
                 n = len(result)
                 if n == 3:
                     tag, frame, new_state = result
@@ -367,53 +456,54 @@ class WebSocketProcess:
                         if type(data) is bytes and (kind == "binary" or kind == "text"):
                             self.state = new_state
                             conn = self.conn
-                            if conn.state is OPEN or conn.can_send:
+                            if conn.state is CONN_OPEN or conn.can_send:
                                 conn.send_message(kind, data)
                             return
                 elif n == 2 and result[0] == "ok":
                     self.state = result[1]
                     return
             self._apply(result)
-        except Exception as exc:  # any handler bug: crash this connection only
-            self._crash("error", exc)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # Erlang: a crash (error, or exit) ends this process only
+            kind = crash_class(exc)
+            log.error("[%s] handler %r crashed (%s)", self.cid, self.handler, kind, exc_info=exc)
+            self._begin_close(("crash", kind, exc), "crash")
         finally:
             loop.self_pid = None
 
-    def _crash(self, kind: str, exc: BaseException) -> None:
-        log.error("[%s] handler %r crashed", self.cid, self.handler, exc_info=exc)
-        if self.reason is None:
-            self._begin_close(("crash", kind, exc), closecodes.INTERNAL_ERROR)
-
     def _apply(self, result: Any) -> None:
-        """Interpret a CallResult (DESIGN.md contract table)."""
+        """Interpret a call result (docs/design.md, the contract table); every frame and command of it
+        is checked before any is acted on."""
+        if self.phase is not OPEN:
+            return
         if not isinstance(result, tuple) or not result:
-            raise BadResult(f"callback returned {result!r}, not a call result tuple")
+            raise BadResult(f"callback returned {short(result)}, not a call result: expected {RESULT_FORMS}")
         tag = result[0]
         n = len(result)
         if tag == "ok" and n in (2, 3):
-            self.state = result[1]
             hibernate = self._hibernate_flag(result, 2)
-            commands: Any = ()
+            self.state = result[1]
+            commands: list = []
         elif tag == "reply" and n in (3, 4):
-            self.state = result[2]
             hibernate = self._hibernate_flag(result, 3)
-            frames = result[1]
-            # validate every frame before anything is sent
-            commands = [normalize_frame(f) for f in (frames if isinstance(frames, list) else [frames])]
+            commands = normalize(result[1], commands=False)
+            self.state = result[2]
         elif tag == "stop" and n == 2:
             self.state = result[1]
-            self._begin_close("stop", closecodes.NORMAL)
+            self._begin_close("stop", "stop")
             return
         elif isinstance(tag, list) and n in (2, 3):
-            self.state = result[1]
             hibernate = self._hibernate_flag(result, 2)
-            commands = [c if isinstance(c, tuple) and c and c[0] in _COMMANDS else normalize_frame(c)
-                        for c in tag]
+            commands = normalize(tag, commands=True)
+            self.state = result[1]
         else:
-            raise BadResult(f"callback returned {result!r}, not a call result")
+            raise BadResult(f"callback returned {short(result)}: expected {RESULT_FORMS}")
         for command in commands:
+            if self.phase is not OPEN:
+                break  # what follows a close frame is dropped
             self._command(command)
-        if hibernate and self.reason is None:
+        if hibernate and self.phase is OPEN:
             self._hibernate()
 
     @staticmethod
@@ -421,58 +511,48 @@ class WebSocketProcess:
         if len(result) <= index:
             return False
         if result[index] != "hibernate":
-            raise BadResult(f"expected 'hibernate' as the last element of {result!r}")
+            raise BadResult(f"expected 'hibernate' as the last element of {short(result)}")
         return True
 
     def _command(self, command: tuple) -> None:
         """Run one command, or send one frame already normalized to ``(kind, data, code)``."""
         name = command[0]
-        if name in _COMMANDS:
-            if len(command) != 2:
-                raise BadResult(f"invalid command {command!r}")
+        if name in COMMANDS:
             value = command[1]
             if name == "active":
-                self.active = bool(value)
-                if not self.done:
-                    self._set_interest(self._wanted_events())
+                self.active = value
+                self._set_interest(self._wanted_events())
             elif name == "deflate":
-                self.conn.compress = bool(value) and self.conn.deflate is not None
+                self.conn.compress = value and self.conn.deflate is not None
             elif name == "set_options":
                 self._set_options(value)
             else:
                 self.shutdown_reason = value
             return
-        self._send_frame(command)
-
-    def _set_options(self, options: Any) -> None:
-        if not isinstance(options, dict):
-            raise BadResult(f"set_options takes a dict, not {options!r}")
-        for key, value in options.items():
-            if key == "idle_timeout":
-                self.opts = self.opts.replace(idle_timeout=value)
-                self._last_recv = self.loop.time()
-                self._arm_idle_timer()
-            elif key == "max_frame_size":
-                self.opts = self.opts.replace(max_frame_size=value)
-                self.conn.set_max_frame_size(None if value == "infinity" else value)
-            else:
-                raise BadResult(f"set_options: unknown option {key!r}")
-
-    def _send_frame(self, frame: tuple) -> None:
-        kind, data, code = frame
-        if not self.conn.can_send or self.reason is not None:
-            return  # frames queued after a close frame are dropped
+        kind, data, code = command
         if kind == "close":
-            encode_close_payload(code, data)  # check before committing to close
-            self._begin_close("stop", code, data)
+            self._begin_close("stop", frame=(code, data))
+            return
+        conn = self.conn
+        if not conn.can_send:
             return
         if kind == "text" or kind == "binary":
-            self.conn.send_message(kind, _iodata(data))  # iodata may nest lists
+            conn.send_message(kind, data)
         elif kind == "ping":
-            self.conn.send_ping(_iodata(data))
+            conn.send_ping(data)
         else:
-            self.conn.send_pong(_iodata(data))
+            conn.send_pong(data)
         self.loop.mark_dirty(self)
+
+    def _set_options(self, options: dict) -> None:
+        """Cowboy 2.18's set_options: idle_timeout and max_frame_size change; other keys are ignored."""
+        if "idle_timeout" in options:
+            self.opts = self.opts.replace(idle_timeout=options["idle_timeout"])
+            self._last_recv = self.loop.time()
+            self._arm_idle_timer()
+        if "max_frame_size" in options:
+            self.opts = self.opts.replace(max_frame_size=options["max_frame_size"])
+            self.conn.set_max_frame_size(self.opts.max_frame_size)
 
     def send_broadcast(self, frame: Any, wire: bytes, compressed: dict | None = None) -> None:
         """Queue a frame serialized once for many connections.
@@ -484,7 +564,7 @@ class WebSocketProcess:
         go out as ``wire`` everywhere (RFC 7692 §6.1).
         """
         conn = self.conn
-        if self.done or self.reason is not None or not conn.can_send:
+        if self.phase is not OPEN or not conn.can_send:
             return
         if conn.compress and not wire[0] & 0x08:  # data frames only: control frames are never compressed
             key = conn.deflate.standalone_key() if compressed is not None else None  # type: ignore[union-attr]
@@ -494,114 +574,57 @@ class WebSocketProcess:
             else:
                 kind, data, _code = normalize_frame(frame)
                 if key is not None:
-                    out = compressed[key] = conn.serialize_message(kind, _iodata(data))  # type: ignore[index]
+                    out = compressed[key] = conn.serialize_message(kind, data)  # type: ignore[index]
                     conn.send_serialized(out)
                 else:
-                    conn.send_message(kind, _iodata(data))
+                    conn.send_message(kind, data)
         else:
             conn.send_serialized(wire)
         self.loop.mark_dirty(self)
 
     def _hibernate(self) -> None:
-        """Release what an idle connection can rebuild: protocol buffers, zlib objects, empty queues."""
-        self._hibernating = True
+        """Release what an idle connection can rebuild: protocol buffers, zlib objects, an empty mailbox."""
         self.conn.hibernate()
         if not self._mailbox:
             self._mailbox = None
-        if not self._pending:
-            self._pending = None
 
     # -- closing -------------------------------------------------------------------
 
-    def _begin_close(self, reason: Any, code: int | None = None, payload: bytes = b"") -> None:
-        """Decide the terminate reason (first decision wins) and start closing.
-
-        ``code`` is the close code to send if this side still may (RFC 6455 §7.1.2);
-        when the peer closed or the protocol layer failed the connection, the
-        Close frame is already queued by the sans-IO core.
-        """
-        if self.reason is not None:
-            return
-        self.reason = reason
-        if self._mailbox:
-            self._mailbox.clear()
-        if self.conn.state == OPEN:
-            try:
-                self.conn.send_close(code, payload)
-            except UsageError:
-                self.conn.send_close(closecodes.NORMAL)
-        self._close_after_flush = True
-        if self._close_timer is None:  # a peer that reads nothing cannot hold the close up for ever
-            self._close_timer = self.loop.call_later(self.opts.close_timeout / 1000.0, self._close_timed_out)
-        self.loop.mark_dirty(self)
-
-    def _close_timed_out(self) -> None:
-        if not self.done:
-            log.info("[%s] closing handshake not done within %d ms (%d bytes unsent), dropping TCP",
-                     self.cid, self.opts.close_timeout, self._pending_size)
-            self._finish()
-
-    def _after_close_flushed(self) -> None:
-        """Our Close is written: close now if the handshake is done, else wait for the peer's (§7.1.1).
-
-        After failing the connection (§7.1.7), or after the closing handshake, the peer may still
-        be sending: closing with unread input would reset the connection, and the reset can destroy
-        our Close before the peer reads it.  So (plain TCP) we send FIN, which is the server closing
-        the TCP connection first (§7.1.1), and discard what comes until the peer closes (within
-        close_timeout); terminate runs at once.
-        """
-        if self.conn.state == CLOSED and not self._linger:
-            if self.is_tls or self._wr_closed:  # our FIN went out with our Close: the peer has both
-                self._finish()
-                return
-            self._linger = True
-        if self._linger:  # the handler is done with this connection: terminate now, drain the socket after
-            self._end_process()
-        if not self._wr_closed:
-            self._wr_closed = True
-            try:
-                self.sock.shutdown(socket.SHUT_WR) if not self.is_tls else None
-            except OSError:
-                pass
-        if self._close_timer is None:
-            self._close_timer = self.loop.call_later(self.opts.close_timeout / 1000.0, self._close_timed_out)
-        self._set_interest(selectors.EVENT_READ)
-
     def close_going_away(self) -> None:
         """Server shutdown: close 1001 and terminate (RFC 6455 §7.4.1)."""
-        if self.reason is None:
-            self._begin_close("shutdown", closecodes.GOING_AWAY)
+        self._begin_close("shutdown", "shutdown")
 
-    def _eof(self) -> None:
-        self.conn.receive_eof()
-        if self.reason is None:
-            self.reason = ("error", "closed")
-        self._finish()
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if self.phase is not CLOSED:
+            log.info("[%s] closing handshake not done within %d ms (%d bytes unsent), dropping TCP",
+                     self.cid, self.opts.close_timeout, self.sendbuf.size)
+            self._finish()
 
-    def _socket_error(self, exc: OSError) -> None:
-        if self.reason is None:
-            name = errno.errorcode.get(exc.errno or 0, "closed").lower() if exc.errno else "closed"
-            self.reason = ("error", name)
-        log.debug("[%s] socket error: %s", self.cid, exc)
-        self._finish()
+    def _cancel_timers(self) -> None:
+        """The timers of an open connection (idle, keepalive)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
 
     def _on_idle(self) -> None:
         self._idle_timer = None
-        if self.done or self.reason is not None:
-            return
         timeout = self.opts.idle_timeout
-        if timeout == "infinity":
+        if self.phase is not OPEN or timeout is None:
             return
         left = self._last_recv + timeout / 1000.0 - self.loop.time()
         if left > 0:
             self._idle_timer = self.loop.call_later(left, self._on_idle)
             return
-        self._begin_close("timeout", closecodes.NORMAL)
+        self._begin_close("timeout", "idle_timeout")
 
     def _keepalive(self) -> None:
         """ping_interval elapsed: send a Ping; nothing received within ping_timeout closes 1011."""
         self._ping_timer = None
-        if self.done or self.reason is not None or not self.conn.can_send:
+        if self.phase is not OPEN or not self.conn.can_send:
             return
         sent_at = self.loop.time()
         self.conn.send_ping(b"")
@@ -610,15 +633,15 @@ class WebSocketProcess:
 
     def _keepalive_check(self, sent_at: float) -> None:
         self._ping_timer = None
-        if self.done or self.reason is not None:
+        if self.phase is not OPEN:
             return
         if self._last_recv < sent_at:
             log.info("[%s] no pong (nor anything else) within %d ms of a keepalive ping, closing 1011",
                      self.cid, self.opts.ping_timeout)
-            self._begin_close("timeout", closecodes.INTERNAL_ERROR, _KEEPALIVE_REASON)
+            self._begin_close("timeout", "keepalive_timeout")
             return
         interval = self.opts.ping_interval
-        if interval != "infinity":
+        if interval is not None:
             delay = max(0.0, sent_at + interval / 1000.0 - self.loop.time())
             self._ping_timer = self.loop.call_later(delay, self._keepalive)
 
@@ -627,55 +650,5 @@ class WebSocketProcess:
             self._idle_timer.cancel()
             self._idle_timer = None
         timeout = self.opts.idle_timeout
-        if timeout != "infinity":
+        if timeout is not None:
             self._idle_timer = self.loop.call_later(timeout / 1000.0, self._on_idle)
-
-    def _finish(self) -> None:
-        """Release the socket and call ``terminate`` exactly once."""
-        if self.done:
-            return
-        self.done = True
-        if self.reason is None:
-            self.reason = ("error", "closed")
-        for timer in (self._idle_timer, self._close_timer, self._ping_timer):
-            if timer is not None:
-                timer.cancel()
-        self._idle_timer = self._close_timer = None
-        if self._ping_timer is not None:
-            self._ping_timer = None
-        if self._events:
-            try:
-                self.loop.selector.unregister(self.sock)
-            except (KeyError, ValueError):
-                pass
-            self._events = 0
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        if self._pending:
-            self._pending.clear()
-        if self._pending_size:
-            self._pending_size = 0
-        self.server._forget(self)
-        self._end_process()
-        log.debug("[%s] closed: %r", self.cid, self.reason)
-
-    def _end_process(self) -> None:
-        """The handler's side of the end, once: the Pid exits, then ``terminate`` runs."""
-        if self._ended:
-            return
-        self._ended = True
-        if self._mailbox:
-            self._mailbox.clear()
-        # Cowboy exits with {shutdown, Reason} after the shutdown_reason command, else normal.
-        self.pid._exit("normal" if self.shutdown_reason == "normal" else ("shutdown", self.shutdown_reason))
-        terminate = getattr(self.handler, "terminate", None)
-        if terminate is not None:
-            self.loop.self_pid = self.pid
-            try:
-                terminate(self.reason, self.partial_req, self.state)
-            except Exception:
-                log.exception("[%s] terminate raised", self.cid)
-            finally:
-                self.loop.self_pid = None

@@ -499,6 +499,10 @@ def test_crash_in_terminate_is_logged_and_contained(serve, connect, rec, caplog)
             return ("reply", frame, state)
 
         @staticmethod
+        def websocket_info(info, state):
+            return ("ok", state)
+
+        @staticmethod
         def terminate(reason, req, state):
             rec.record(rec.new_conn(), "terminate", (reason, req, state))
             raise Boom("in terminate")

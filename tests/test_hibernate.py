@@ -60,13 +60,13 @@ def test_hibernated_connection_drops_queues_and_keeps_working():
             ws.send("hello")
             assert ws.recv(timeout=5) == "hello"
             [process] = _processes(server)
-            assert process._mailbox is None and process._pending is None
+            assert process._mailbox is None and process.sendbuf.parts is None
             ws.send("ping-me")
             assert ws.recv(timeout=5) == "from mailbox"
             ws.send(b"\x00" * 200_000)  # a large reply may need the send queue again
             assert ws.recv(timeout=5) == b"\x00" * 200_000
             [process] = _processes(server)
-            assert process._mailbox is None and process._pending is None
+            assert process._mailbox is None and process.sendbuf.parts is None
     finally:
         server.shutdown(grace=1)
 

@@ -553,12 +553,12 @@ def test_ping_flood_from_a_client_that_never_reads(serve, rec):
     throttled = False
     deadline = time.monotonic() + 10
     while not throttled or peak < high:  # watch the server's send buffer while nobody reads
-        peak = max(peak, process._pending_size)
+        peak = max(peak, process.sendbuf.size)
         throttled = throttled or process._throttled
         assert time.monotonic() < deadline, f"never throttled (peak {peak})"
         time.sleep(0.002)
     for _ in range(50):
-        peak = max(peak, process._pending_size)
+        peak = max(peak, process.sendbuf.size)
         time.sleep(0.002)
     assert not sent.is_set()  # the client is blocked: the server stopped reading its pings
     assert peak <= high + 2 * 65536, f"unsent pongs reached {peak} bytes"
@@ -604,10 +604,10 @@ def test_slow_reader_send_buffer_overflow_closes_1008(app, rec, info_logs):
     peak = 0
     deadline = time.monotonic() + 10
     while process.reason is None:
-        peak = max(peak, process._pending_size)
+        peak = max(peak, process.sendbuf.size)
         assert time.monotonic() < deadline, "never closed"
         time.sleep(0.002)
-    peak = max(peak, process._pending_size)
+    peak = max(peak, process.sendbuf.size)
     assert process.reason == ("error", "send_buffer_overflow")
     assert peak <= limit + 2 * len(CHUNK) + 64, peak
     assert logged(info_logs, "peer does not read")

@@ -55,6 +55,18 @@ ERROR_CODES: dict[str, int] = {
     "badsize": MESSAGE_TOO_BIG,
 }
 
+#: Every close the runtime decides on its own, cause -> (code, reason on the wire).  With
+#: ERROR_CODES (protocol errors) and the peer's own code (echoed, RFC 6455 §5.5.1) this is
+#: every code a cowboy_ws server sends; a handler's ``("close", code, reason)`` sends its own.
+RUNTIME_CLOSES: dict[str, tuple[int, bytes]] = {
+    "stop": (NORMAL, b""),                       # ("stop", state), or a "close" frame without a code
+    "idle_timeout": (NORMAL, b""),               # nothing received within idle_timeout (as Cowboy)
+    "keepalive_timeout": (INTERNAL_ERROR, b"keepalive ping timeout"),  # as websockets says it
+    "crash": (INTERNAL_ERROR, b""),              # a callback raised or returned a bad result (no text sent)
+    "send_buffer_overflow": (POLICY_VIOLATION, b""),  # the peer reads nothing and max_send_buffer is passed
+    "shutdown": (GOING_AWAY, b""),               # the server stops (RFC 6455 §7.4.1)
+}
+
 
 def is_valid_on_wire(code: int) -> bool:
     """True if ``code`` may be sent or accepted in a Close frame (RFC 6455 §7.4).
