@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from . import __version__
+from .handler import HandlerError as HandlerCheckError, check_handler, is_websocket_handler
 from .options import (HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_SEND_BUFFER, PING_TIMEOUT,
                       SEND_HIGH_WATER)
 
@@ -50,7 +51,7 @@ examples:
                                                         (and every other server on that Redis)
 
 The handler's init/websocket_init/websocket_handle/websocket_info/terminate
-follow Cowboy's cowboy_websocket (see DESIGN.md); its initial state is None.
+follow Cowboy's cowboy_websocket (docs/design.md); its initial state is None.
 SIGINT/SIGTERM close every connection with 1001 and exit 0 (with --workers: the
 supervisor stops every worker that way, then exits 0).
 """
@@ -211,15 +212,15 @@ def load_handler(spec: str) -> Any:
                         continue
                 raise HandlerError(f"module {module_name!r} has no attribute {attr_path!r}") from None
             walked = f"{walked}.{part}"
-    missing = [name for name in ("init", "websocket_handle") if not callable(getattr(obj, name, None))]
-    if missing:
+    if not (callable(getattr(obj, "init", None)) and is_websocket_handler(obj)):
         raise HandlerError(
-            f"{spec!r} is not a WebSocket handler: it has no {' or '.join(missing)} "
-            "(a handler is a module, class or instance with init(req, state) and "
-            "websocket_handle(frame, state); see DESIGN.md)")
-    if not callable(getattr(obj, "websocket_info", None)):
-        log.warning("handler %r has no websocket_info: a message sent to its Pid will crash the connection",
-                    spec)
+            f"{spec!r} is not a WebSocket handler: a handler is a module, class or instance with "
+            "init(req, state), websocket_handle(frame, state) and websocket_info(info, state) "
+            "(websocket_init and terminate are optional)")
+    try:
+        check_handler(obj)
+    except HandlerCheckError as exc:
+        raise HandlerError(f"{spec!r}: {exc}") from None
     return obj
 
 

@@ -252,7 +252,9 @@ class Loop:
         for key, mask in events:
             try:
                 key.data(mask)
-            except Exception:  # a callback bug must not stop every other connection
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # a callback bug (even a SystemExit) must not stop every other connection
                 log.exception("unhandled error in I/O callback %r", key.data)
         self._woken = False
         threadsafe = self._threadsafe
@@ -273,7 +275,9 @@ class Loop:
                 callback, args = ready.popleft()
                 try:
                     callback(*args)
-                except Exception:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
                     log.exception("unhandled error in callback %r", callback)
         if self._dirty:
             self.flush_dirty()
@@ -287,8 +291,14 @@ class Loop:
             for conn in conns:
                 try:
                     conn.flush()
-                except Exception:
-                    log.exception("unhandled error flushing %r", conn)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # the connection closes (1011) if it can, the loop goes on
+                    fault = getattr(conn, "fault", None)
+                    if fault is not None:
+                        fault(exc)
+                    else:
+                        log.exception("unhandled error flushing %r", conn)
 
     def close(self) -> None:
         """Release the selector and wake-up sockets (after :meth:`run` returned)."""

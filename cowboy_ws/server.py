@@ -233,7 +233,17 @@ class Server:
         log.info("cowboy_ws %s listening on %s://%s:%d (backend %s, compress %s)", __version__, scheme,
                  self.host, self.port, kernels.BACKEND, "on" if self.ws_options.compress else "off")
         try:
-            self.loop.run()
+            try:
+                self.loop.run()
+            except KeyboardInterrupt:  # Ctrl-C: close every connection with 1001, then stop
+                log.info("KeyboardInterrupt: closing %d connection(s) (1001), grace %.1fs",
+                         len(self.connections), self.shutdown_grace)
+                self.loop.call_soon(self._begin_shutdown, self.shutdown_grace)
+                try:
+                    self.loop.run()
+                except KeyboardInterrupt:  # a second one: stop now
+                    pass
+                raise
         finally:
             for conn in list(self.connections):
                 if hasattr(conn, "_finish"):
