@@ -154,15 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: one process, no supervisor)")
     scale.add_argument("--redis", metavar="URL", dest="redis_url",
                        help="share Pids, process groups and broadcast with every worker and server on this "
-                            "Redis (redis://[:password@]host:port/db, rediss:// for TLS); needs "
-                            "pip install 'cowboy-ws[redis]'; only trusted nodes may share it (messages are "
-                            "pickled) (default: everything stays in the process)")
+                            "Redis (redis://[user:password@]host:port/db, rediss:// for TLS); needs "
+                            "pip install 'cowboy-ws[redis]' (default: everything stays in the process)")
     scale.add_argument("--redis-prefix", metavar="PREFIX", default="cowboy_ws",
                        help="prefix of the Redis channels and keys, to run separate clusters on one Redis "
                             "(default: %(default)s)")
     scale.add_argument("--node-ttl", type=_positive_float("node_ttl"), metavar="SECONDS",
                        help="a node (worker or server) silent on Redis this long is taken for dead and its "
                             "Pids leave their groups (default: 10)")
+    bus = parser.add_argument_group("securing the cluster bus (see docs/deployment.md)")
+    secret = bus.add_mutually_exclusive_group()
+    secret.add_argument("--cluster-secret", metavar="SECRET",
+                        help="shared secret authenticating every message between nodes (HMAC-SHA256); give "
+                             "every node the same one (default: the COWBOY_WS_CLUSTER_SECRET environment "
+                             "variable; without either the bus is unauthenticated, which is logged)")
+    secret.add_argument("--cluster-secret-file", metavar="FILE",
+                        help="read the shared secret from FILE (surrounding whitespace ignored)")
+    bus.add_argument("--cluster-codec", choices=["msgpack", "pickle"], default="msgpack",
+                     help="how messages between nodes are encoded: msgpack (default: plain data and Pids, "
+                          "nothing runs when decoded) or pickle (any object; decoding runs code, so only "
+                          "with a secret or a Redis nobody else can publish on)")
+    bus.add_argument("--redis-ssl-ca", metavar="PEM",
+                     help="CA certificate(s) that sign the Redis server's certificate (rediss://)")
+    bus.add_argument("--redis-ssl-cert", metavar="PEM",
+                     help="client certificate for Redis servers that require one (rediss://)")
+    bus.add_argument("--redis-ssl-key", metavar="PEM", help="private key of --redis-ssl-cert")
     ws = parser.add_argument_group("websocket options (cowboy_websocket:opts())")
     ws.add_argument("--compress", action="store_true",
                     help="accept permessage-deflate (RFC 7692) when the client offers it")
@@ -283,17 +299,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_kwargs["handshake_timeout"] = args.handshake_timeout
     if args.allowed_origins:
         server_kwargs["allowed_origins"] = [None if o == "null" else o for o in args.allowed_origins]
+    cluster_options = ("node_ttl", "cluster_secret", "cluster_secret_file", "redis_ssl_ca", "redis_ssl_cert",
+                       "redis_ssl_key")
     if args.redis_url:
+        redis_kwargs: dict[str, Any] = dict(redis_url=args.redis_url, redis_prefix=args.redis_prefix,
+                                            node_ttl=args.node_ttl, cluster_codec=args.cluster_codec,
+                                            cluster_secret=args.cluster_secret, redis_ssl_ca=args.redis_ssl_ca,
+                                            redis_ssl_cert=args.redis_ssl_cert, redis_ssl_key=args.redis_ssl_key)
+        if args.cluster_secret_file:
+            try:
+                with open(args.cluster_secret_file, "rb") as f:
+                    redis_kwargs["cluster_secret"] = f.read().strip()
+            except OSError as exc:
+                parser.error(f"--cluster-secret-file: {exc}")
+            if not redis_kwargs["cluster_secret"]:
+                parser.error(f"--cluster-secret-file: {args.cluster_secret_file} is empty")
         try:
-            from .redis_backend import RedisBackend
-            RedisBackend(args.redis_url)  # checks that redis-py is there and the URL parses
-        except (ImportError, ValueError) as exc:
+            from .redis_backend import RedisBackend, RedisConfigError
+            # redis-py is there, the URL parses, Redis takes the credentials and its certificate is trusted
+            RedisBackend.from_server_options(**redis_kwargs).check()
+        except (ImportError, ValueError, RedisConfigError) as exc:
             parser.error(f"--redis: {exc}")
-        server_kwargs.update(redis_url=args.redis_url, redis_prefix=args.redis_prefix)
-        if args.node_ttl is not None:
-            server_kwargs["node_ttl"] = args.node_ttl
-    elif args.node_ttl is not None:
-        parser.error("--node-ttl needs --redis")
+        server_kwargs.update({k: v for k, v in redis_kwargs.items() if v is not None})
+    else:
+        given = [name for name in cluster_options if getattr(args, name) is not None]
+        if args.cluster_codec != "msgpack":
+            given.append("cluster_codec")
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} needs --redis")
 
     if args.workers is not None:
         from . import workers

@@ -173,6 +173,20 @@ def local_pid(pid_id: int) -> Pid | None:
     return _registry.get(pid_id)
 
 
+def pid_from_ref(node_id: str, pid_id: int) -> Pid:
+    """The Pid named by ``(node, number)`` (as :func:`pid_ref` gives it): the live one if it is local."""
+    return _unpickle_pid(node_id, pid_id)
+
+
+def pid_ref(obj: Any) -> tuple[str, int] | None:
+    """``(node, number)`` of a Pid (a live local one stays findable by number), or None for anything else."""
+    if obj.__class__ is not Pid:
+        return None
+    if obj._conn is not None:
+        _registry[obj.id] = obj  # its number leaves the process: it must be found by it
+    return obj.node, obj.id
+
+
 def self() -> Pid:
     """``self()``: the Pid of the connection whose callback is running on this thread."""
     loop = current_loop()
@@ -412,6 +426,32 @@ def deliver_broadcast(group: Hashable, frame: tuple[str, bytes], exclude_id: int
 # -- the messaging backend ------------------------------------------------------------------
 
 
+class _LocalNode:
+    """This process as a messaging backend sees it (:class:`cowboy_ws.messaging.LocalNode`)."""
+
+    def node_id(self) -> str:
+        return _node
+
+    def deliver(self, pid_id: int, msg: Any) -> bool:
+        pid = _registry.get(pid_id)
+        if pid is None:
+            return False
+        pid.send(msg)
+        return True
+
+    def deliver_broadcast(self, group: Hashable, kind: str, data: bytes, exclude_id: int | None) -> int:
+        return deliver_broadcast(group, (kind, data), exclude_id)
+
+    def membership(self) -> dict[Hashable, list[int]]:
+        return _groups.snapshot()
+
+    pid = staticmethod(pid_from_ref)
+    pid_ref = staticmethod(pid_ref)
+
+
+_LOCAL = _LocalNode()
+
+
 _backend_lock = threading.Lock()
 
 
@@ -427,6 +467,7 @@ def use_backend(backend: Backend | None) -> Backend:
         new = backend if backend is not None else LocalBackend()
         if new.name != "local" and previous.name != "local" and previous is not new:
             raise RuntimeError(f"a {previous.name} messaging backend is already installed in this process")
+        new.attach(_LOCAL)
         with _groups._lock:  # no announcement is split between two backends
             _backend = new
         return previous

@@ -18,7 +18,9 @@ logs once per episode.
 
 Reach beyond one process: ``redis_url="redis://..."`` makes ``pid.send``, process
 groups and ``broadcast`` span every server (node) sharing that Redis
-(:mod:`cowboy_ws.redis_backend`); without it everything stays in this process.
+(:mod:`cowboy_ws.redis_backend`; ``cluster_secret`` authenticates the bus,
+``cluster_codec`` picks its codec, ``redis_ssl_*`` are the ``rediss://`` CA,
+certificate and key); without it everything stays in this process.
 ``sock=`` serves an already listening socket (inherited from a parent, as the
 workers of :mod:`cowboy_ws.workers` do); ``reuse_port=True`` binds with
 ``SO_REUSEPORT`` so that several processes listen on one port.
@@ -73,7 +75,9 @@ class Server:
                  allowed_origins: Iterable[str | None] | None = None,
                  sock: socket.socket | None = None, reuse_port: bool = False,
                  redis_url: str | None = None, redis_prefix: str = "cowboy_ws", node_ttl: float | None = None,
-                 messaging: Backend | None = None) -> None:
+                 cluster_secret: str | bytes | None = None, cluster_codec: str = "msgpack",
+                 redis_ssl_ca: str | None = None, redis_ssl_cert: str | None = None,
+                 redis_ssl_key: str | None = None, messaging: Backend | None = None) -> None:
         self.router = routes if isinstance(routes, Router) else Router(routes)
         if isinstance(ws_options, dict):
             ws_options = WebSocketOptions().merged(ws_options)
@@ -110,9 +114,11 @@ class Server:
         if redis_url is not None:
             if messaging is not None:
                 raise ValueError("give redis_url or messaging, not both")
-            from .redis_backend import NODE_TTL, RedisBackend
-            self.messaging = RedisBackend(redis_url, prefix=redis_prefix,
-                                          node_ttl=NODE_TTL if node_ttl is None else node_ttl)
+            from .redis_backend import RedisBackend
+            self.messaging = RedisBackend.from_server_options(
+                redis_url, redis_prefix=redis_prefix, node_ttl=node_ttl, cluster_secret=cluster_secret,
+                cluster_codec=cluster_codec, redis_ssl_ca=redis_ssl_ca, redis_ssl_cert=redis_ssl_cert,
+                redis_ssl_key=redis_ssl_key)
         if sock is not None:
             sock.setblocking(False)
             self.sock = sock
@@ -223,6 +229,7 @@ class Server:
         messaging = self.messaging
         if messaging is not None:
             try:
+                messaging.check()  # a wrong password or an untrusted certificate: fail now, loudly
                 process.use_backend(messaging)  # raises if another server of this process has one
             except BaseException:
                 self._close_after_failed_start()

@@ -295,9 +295,11 @@ def serve(routes: Any, *, workers: int, host: str = "127.0.0.1", port: int = 808
     """Run ``workers`` processes of ``Server(routes, **server_kwargs)`` on ``host:port``; returns the exit status.
 
     Blocks until SIGTERM/SIGINT.  ``reuse_port`` None: ``SO_REUSEPORT`` where the
-    platform has it (Linux).  ``redis_url=`` (passed to every Server) makes groups,
-    ``pid.send`` and ``broadcast`` span the workers.  Raises OSError if the port
-    cannot be bound (before any worker starts).
+    platform has it (Linux).  ``redis_url=`` (passed to every Server, with ``cluster_secret``
+    and the other Redis options) makes groups, ``pid.send`` and ``broadcast`` span the
+    workers.  Raises OSError if the port cannot be bound (before any worker starts), and
+    :class:`cowboy_ws.redis_backend.RedisConfigError` if Redis refuses the credentials or
+    its certificate is not trusted.
     """
     from .options import SHUTDOWN_GRACE
     from .server import Server
@@ -308,7 +310,8 @@ def serve(routes: Any, *, workers: int, host: str = "127.0.0.1", port: int = 808
         reuse_port = hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
     if server_kwargs.get("redis_url") is not None:  # fail in the parent, not in every worker
         from .redis_backend import RedisBackend
-        RedisBackend(server_kwargs["redis_url"])
+        RedisBackend.from_server_options(**{k: v for k, v in server_kwargs.items()
+                                            if k.startswith(("redis_", "cluster_", "node_ttl"))}).check()
     elif workers > 1 and server_kwargs.get("messaging") is None:
         log.warning("%d workers without Redis: Pids, process groups and broadcast stay inside each worker "
                     "(give a Redis URL to span them)", workers)

@@ -8,15 +8,19 @@ Text commands, each answered on the connection (replies are text):
 * ``say <text>``: ``broadcast`` ``<text>`` to the group (the sender too); no reply of its own
 * ``send <text>``: ``pid.send(("say", <text>))`` to every other member (``websocket_info`` replies
   ``<text>``); answers ``sent <n>``
-* ``sendto <hex pickled pid> <text>``: ``pid.send(("say", <text>))`` to that Pid; answers ``sent``
-* ``me``: the hex of ``pickle.dumps(self())`` (a Pid travels in any message)
+* ``sendto <node> <number> <text>``: ``pid.send(("say", <text>))`` to that Pid; answers ``sent``
+* ``me``: ``<node> <number>`` of ``self()`` (a Pid named so can be used from any node)
 * ``nodes``: how many other nodes are known
+* ``stats``: JSON ``{"rejected": {reason: count}, "dropped": n}`` of the messaging backend
+* ``carry <text>``: ``pid.send(("say", <text>, <a message of every type the bus carries>))`` to every other
+  member, whose ``websocket_info`` replies ``<text> whole from local|remote`` if it arrived equal
+  (types included); answers ``sent <n>``
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 
 import cowboy_ws
 from cowboy_ws import process, workers
@@ -56,14 +60,25 @@ class Node:
             for pid in targets:
                 pid.send(("say", arg))
             text = f"sent {len(targets)}"
+        elif cmd == "carry":
+            me = cowboy_ws.self()
+            targets = [pid for pid in cowboy_ws.members(group) if pid != me]
+            for pid in targets:
+                pid.send(("say", arg, carried(me)))
+            text = f"sent {len(targets)}"
         elif cmd == "sendto":
-            hexpid, _, text_ = arg.partition(" ")
-            pickle.loads(bytes.fromhex(hexpid)).send(("say", text_))
+            node, number, text_ = (arg.split(" ", 2) + [""])[:3]
+            process.pid_from_ref(node, int(number)).send(("say", text_))
             text = "sent"
         elif cmd == "me":
-            text = pickle.dumps(cowboy_ws.self()).hex()
+            node, number = process.pid_ref(cowboy_ws.self())
+            text = f"{node} {number}"
         elif cmd == "nodes":
             text = str(len(process.nodes()))
+        elif cmd == "stats":
+            backend = process.current_backend()
+            text = json.dumps({"rejected": dict(getattr(backend, "rejected", {})),
+                               "dropped": getattr(backend, "dropped", 0)})
         else:
             text = f"? {cmd}"
         return ("reply", ("text", text), state)
@@ -72,4 +87,15 @@ class Node:
     def websocket_info(info, state):
         if isinstance(info, tuple) and len(info) == 2 and info[0] == "say":
             return ("reply", ("text", info[1]), state)
+        if isinstance(info, tuple) and len(info) == 3 and info[0] == "say":
+            sender = info[2]["pid"]
+            whole = "whole" if info[2] == carried(sender) else f"CHANGED {info[2]!r}"
+            return ("reply", ("text", f"{info[1]} {whole} from {'local' if sender.local else 'remote'}"), state)
         return ("ok", state)
+
+
+def carried(pid):
+    """A message with every type the bus carries (``carry``), the sender's Pid in it."""
+    return {"none": None, "bools": [True, False], "ints": (0, -1, 2**63, -2**80), "float": 1.5, "str": "é",
+            "bytes": b"\x00\xff", ("tuple", 1): [(), [()], {"nested": ("a", [1, (2,)])}], 7: "int key",
+            "pid": pid}

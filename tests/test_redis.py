@@ -5,13 +5,13 @@ CI installs the Debian package) and servers as subprocesses: ``--workers 2`` (on
 two separate ``python -m cowboy_ws`` processes sharing the Redis (two machines).  The handler
 is ``tests/cluster_app.py``.  Skipped, with the reason, only where ``redis-server`` or redis-py
 is missing.  ``--node-ttl`` is short so that dead nodes expire within the test.  Every wait is
-bounded.
+bounded.  Every cross-node test runs twice: with a bus secret (``--cluster-secret-file``: every
+message signed and checked) and without one.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import threading
 import time
@@ -21,6 +21,8 @@ import pytest
 
 import cowboy_ws
 from cowboy_ws import process
+from cowboy_ws.bus_codec import Bus, MsgpackCodec
+from cowboy_ws.redis_backend import SECRET_ENV
 from redis_server import RedisServer, available
 from serverproc import ServerProcess, ask, connect_until, wait_until, who
 from wsclient import Client
@@ -46,17 +48,34 @@ def redis_srv():
     server.close()
 
 
+SECRET = "a test secret of 32 bytes, random"
+
+
+@pytest.fixture(params=["hmac", "no-secret"])
+def bus_secret(request) -> str | None:
+    """The bus secret of the test's nodes (None: an unauthenticated bus)."""
+    return SECRET if request.param == "hmac" else None
+
+
 @pytest.fixture
-def cluster(redis_srv):
+def cluster(redis_srv, bus_secret, tmp_path):
     """``cluster(*args, workers=0)``: a cowboy_ws subprocess on the test's Redis; clients in ``.clients``."""
     started: list[ServerProcess] = []
     clients: list[Client] = []
+    secret_args: tuple[str, ...] = ()
+    if bus_secret is not None:
+        secret_file = tmp_path / "bus-secret"
+        secret_file.write_text(bus_secret + "\n")
+        secret_args = ("--cluster-secret-file", str(secret_file))
 
     def start(*args: str, workers: int = 0, handler: str = "cluster_app:Node") -> ServerProcess:
         extra = ("--workers", str(workers)) if workers else ()
-        proc = ServerProcess(handler, "--port", "0", "--redis", redis_srv.url, "--node-ttl", TTL, *extra, *args)
+        proc = ServerProcess(handler, "--port", "0", "--redis", redis_srv.url, "--node-ttl", TTL, *secret_args,
+                             *extra, *args, env={SECRET_ENV: ""})
         started.append(proc)
-        return proc.started(workers=workers)
+        proc.started(workers=workers)
+        proc.wait_for("codec msgpack, HMAC-SHA256" if bus_secret else "the cluster bus is unauthenticated")
+        return proc
 
     def connect(port: int, path: str) -> Client:
         client = Client.connect(port, path)
@@ -65,6 +84,7 @@ def cluster(redis_srv):
 
     start.clients = clients  # type: ignore[attr-defined]
     start.connect = connect  # type: ignore[attr-defined]
+    start.secret = bus_secret  # type: ignore[attr-defined]
     yield start
     for client in clients:
         client.abort()
@@ -113,7 +133,13 @@ def test_a_message_from_worker_0_reaches_websocket_info_on_worker_1(cluster):
         for client, _info in conns:
             if client is not a:
                 assert texts(client, 1) == ["hello"]
-    # a Pid travels in a message (pickled as node + number) and is reached from the other worker
+    # every type the bus carries arrives as it was sent (tuples stay tuples, the Pid is the sender's)
+    assert ask(a, "carry typed") == f"sent {total - 1}"
+    for worker, conns in by.items():
+        for client, _info in conns:
+            if client is not a:
+                assert texts(client, 1) == [f"typed whole from {'local' if worker == '0' else 'remote'}"]
+    # a Pid named by node + number is reached from the other worker
     a_pid = ask(a, "me")
     assert ask(b, f"sendto {a_pid} from worker 1") == "sent"
     assert texts(a, 1) == ["from worker 1"]
@@ -203,6 +229,9 @@ def test_broadcast_is_published_once_per_node(cluster, redis_srv):
     converge([speaker, listeners[0]], 6)
     two_node = who(listeners[0])["node"]
     spy = redis.Redis.from_url(redis_srv.url).pubsub()
+    # the spy reads the envelopes as a node would (it knows the secret, if there is one)
+    reader = Bus("spy", MsgpackCodec(lambda _o: None, lambda node, number: (node, number)), cluster.secret and
+                 cluster.secret.encode(), max_age=60)
     try:
         spy.psubscribe("cowboy_ws:node:*")
         wait_until(lambda: spy.get_message(timeout=0.1) is not None, 5, "the spy subscribed")
@@ -214,8 +243,10 @@ def test_broadcast_is_published_once_per_node(cluster, redis_srv):
         while time.monotonic() < deadline:
             msg = spy.get_message(timeout=0.1)
             if msg is not None and msg["type"] == "pmessage":
-                seen.append((msg["channel"].decode(), pickle.loads(msg["data"])[0]))
-        assert seen == [(f"cowboy_ws:node:{two_node}", "b")]  # one publish for five members
+                sender, item = reader.open(msg["channel"], msg["data"])
+                seen.append((msg["channel"].decode(), item[:4]))
+        # one publish for five members, the frame as it was flattened
+        assert seen == [(f"cowboy_ws:node:{two_node}", ("b", room[3:], "text", b"once"))]
     finally:
         spy.close()
 
@@ -302,7 +333,7 @@ def test_server_redis_url_in_process(cluster, redis_srv):
     group = uuid.uuid4().hex
     remote_client = cluster.connect(other.port, f"/g/{group}")
     server = cowboy_ws.Server([("/", Member, group)], port=0, redis_url=redis_srv.url, node_ttl=1.0,
-                              shutdown_grace=0.5).start()
+                              cluster_secret=cluster.secret, shutdown_grace=0.5).start()
     try:
         local_client = cluster.connect(server.port, "/")
         wait_until(lambda: len(cowboy_ws.members(group)) == 2, 10, "both members seen in this process")
@@ -315,8 +346,12 @@ def test_server_redis_url_in_process(cluster, redis_srv):
         assert texts(remote_client, 1) == ["from the test thread"]
         assert cowboy_ws.broadcast(group, ("text", "both")) == 2
         assert texts(local_client, 1) == ["both"] and texts(remote_client, 1) == ["both"]
-        with pytest.raises(Exception):
-            remote[0].send(lambda: None)                   # not picklable: the sender hears it
+        with pytest.raises(TypeError, match="function cannot be sent to another node"):
+            remote[0].send(("say", lambda: None))          # not carried by the bus: the sender hears it
+        with pytest.raises(ValueError, match="too large for the cluster bus"):
+            remote[0].send(("say", "x" * (1 << 20)))       # over MAX_MESSAGE_SIZE: the sender hears it
+        remote[0].send(("say", "still fine"))              # the refusals queued nothing, broke nothing
+        assert texts(remote_client, 1) == ["still fine"]
     finally:
         server.shutdown()
     assert process.current_backend().name == "local"
