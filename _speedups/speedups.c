@@ -1,6 +1,6 @@
 /* C mirror of the cowboy_ws kernels: see speedups.h for the contracts.
  *
- * The pure-Python modules cowboy_ws/protocol/{mask,utf8,frames}.py are the
+ * The pure-Python modules cowboy_ws/protocol/{mask,utf8,parse}.py are the
  * reference; tests/test_speedups.py checks this file against them
  * differentially, and _speedups/valgrind.sh runs those tests under valgrind.
  */

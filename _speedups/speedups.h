@@ -3,7 +3,7 @@
  * Plain C99, no Python API: the cffi module cowboy_ws._speedups (built by
  * build.py, API mode, out-of-line) wraps these functions and the thin Python
  * layer cowboy_ws/protocol/_ckernels.py gives them the contracts of the pure
- * Python reference (cowboy_ws/protocol/mask.py, utf8.py, frames.py).
+ * Python reference (cowboy_ws/protocol/mask.py, utf8.py, parse.py).
  *
  * Buffers are `char *` so that cffi passes a `bytes` object without a copy.
  * Keep the prototypes here and the cdef in build.py in step.
@@ -40,7 +40,7 @@ void cw_unmask_join(char *dst, const char *head, size_t offset, size_t n_head, c
  * byte"). */
 int64_t cw_utf8_feed(const char *data, size_t n, int64_t state);
 
-/* Batch frame parsing (RFC 6455 §5.2): mirror of FrameParser._parse.
+/* Batch frame parsing (RFC 6455 §5.2): mirror of parse.parse_frames (FrameParser._parse).
  *
  * Parses the complete frames of src[pos..n), at most `cap`, checking every
  * per-frame rule in the reference's order.  flags: CW_MASK_REQUIRED,

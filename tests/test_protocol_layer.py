@@ -44,6 +44,58 @@ def test_protocol_does_not_import_runtime():
                         pytest.fail(f"{path.name} imports from the runtime: {alias.name}")
 
 
+def protocol_imports() -> dict[str, set[str]]:
+    """module -> the modules of cowboy_ws/protocol it imports, at module level or inside functions."""
+    modules = {path.stem for path in PROTOCOL.glob("*.py")} - {"__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in modules:
+        found = set()
+        for node in ast.walk(ast.parse((PROTOCOL / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1:
+                    base = node.module or ""
+                elif node.level == 0 and (node.module or "").startswith("cowboy_ws.protocol."):
+                    base = node.module.removeprefix("cowboy_ws.protocol.")
+                else:
+                    continue
+                if base:
+                    found.add(base.split(".")[0])
+                else:  # from . import x: x is a module
+                    found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[2] for alias in node.names
+                          if alias.name.startswith("cowboy_ws.protocol.")}
+        graph[name] = found & modules
+    return graph
+
+
+def test_protocol_imports_have_no_cycle():
+    """No module of cowboy_ws/protocol imports one that imports it back, directly or transitively."""
+    graph = protocol_imports()
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            pytest.fail("import cycle: " + " -> ".join(path[path.index(name):] + [name]))
+        if name in done:
+            return
+        for dep in sorted(graph[name]):
+            visit(dep, path + [name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def test_kernels_alone_picks_the_backend():
+    """Only kernels imports the C wrapper; the reference parser and the leaves import no kernel choice."""
+    graph = protocol_imports()
+    assert {name for name, deps in graph.items() if "_ckernels" in deps} == {"kernels"}
+    assert graph["parse"] <= {"errors", "frame_errors", "limits", "mask", "opcodes"}
+    for leaf in ("closecodes", "limits", "mask", "opcodes"):
+        assert graph[leaf] == set(), leaf
+
+
 def test_close_code_registry():
     """§7.4.1/§11.7: registered names; §7.4.2 ranges."""
     assert closecodes.name(1000) == "Normal Closure"

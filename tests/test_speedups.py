@@ -2,7 +2,7 @@
 
 The same random bytes, splits and arguments go to both; outputs, parser events,
 and exceptions (class, close code, message) must be identical.  The pure
-functions are imported from their implementation modules (mask, utf8, frames),
+functions are imported from their implementation modules (mask, utf8, parse),
 the C ones from :mod:`cowboy_ws.protocol._ckernels`, so these tests compare the
 two whichever backend ``kernels`` selected (``COWBOY_WS_PURE`` does not matter).
 
@@ -27,8 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
                 "build it with `pip install -e .` (COWBOY_WS_SPEEDUPS=yes to make a failed build fatal)",
                 allow_module_level=True)
 
-from cowboy_ws.protocol import frames as frames_mod
-from cowboy_ws.protocol import kernels
+from cowboy_ws.protocol import kernels, parse
 from cowboy_ws.protocol.errors import ProtocolError
 from cowboy_ws.protocol.frames import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
                                        FrameParser, serialize_frame)
@@ -56,10 +55,11 @@ def test_backend_selected():
     """kernels selects C when built, unless COWBOY_WS_PURE forces pure Python."""
     if kernels.pure_forced():
         assert kernels.BACKEND == "python"
+        assert FrameParser._parse is kernels.parse_frames is parse.parse_frames
+        assert kernels.mask is py_mask and kernels.Utf8Validator is PyUtf8Validator
     else:
         assert kernels.BACKEND == "c"
-        assert FrameParser._parse is C.parse_frames
-        assert FrameParser._parse_py is not C.parse_frames
+        assert FrameParser._parse is kernels.parse_frames is C.parse_frames
         assert kernels.mask is C.mask and kernels.Utf8Validator is C.Utf8Validator
     import cowboy_ws
     assert cowboy_ws.backend() == kernels.BACKEND
@@ -275,19 +275,9 @@ def test_utf8_long_texts():
 
 # ---- frame parsing (RFC 6455 §5.2) ---------------------------------------------------------
 
-def _py_parse(self, data, frames):
-    """The reference parser, with the pure mask (frames.mask is the selected kernel)."""
-    saved = frames_mod.mask
-    frames_mod.mask = py_mask
-    try:
-        return FrameParser._parse_py(self, data, frames)
-    finally:
-        frames_mod.mask = saved
-
-
 class PyParser(FrameParser):
     __slots__ = ()
-    _parse = _py_parse
+    _parse = parse.parse_frames  # the reference, whatever kernels selected
 
 
 class CParser(FrameParser):

@@ -7,7 +7,7 @@ differentially.  Selected by :mod:`.kernels`; never import this module elsewhere
 * :func:`mask`, :func:`unmask_join`: RFC 6455 §5.3, as :mod:`.mask`;
 * :class:`Utf8Validator`, :func:`validate_utf8`: RFC 3629 §4 / RFC 6455 §8.1,
   as :mod:`.utf8` (a DFA in C keeps the state between calls);
-* :func:`parse_frames`: RFC 6455 §5.2, ``FrameParser._parse`` in one C call.
+* :func:`parse_frames`: RFC 6455 §5.2, as :func:`.parse.parse_frames`, a batch in one C call.
 
 Inputs the C code does not take (non-contiguous views, other buffer types,
 odd arguments) go to the pure-Python reference, so they behave exactly alike.
@@ -22,6 +22,8 @@ from typing import Any, NoReturn
 from cowboy_ws._speedups import ffi, lib  # the compiled kernels (not the runtime): absolute on purpose
 from . import mask as _py_mask_mod
 from .errors import FrameError, InvalidUtf8, MessageTooBig
+from .opcodes import OPCODE_NAMES
+from .parse import parse_frames as _py_parse_frames
 
 __all__ = ["Utf8Validator", "mask", "parse_frames", "parse_frames_c", "unmask_join", "validate_utf8"]
 
@@ -236,7 +238,7 @@ PARSE_SMALL = 64
 def parse_frames(parser: Any, data: Any, frames: list) -> int:
     """``FrameParser._parse`` with the C backend: :func:`parse_frames_c` unless ``data`` is short."""
     if len(data) < PARSE_SMALL:
-        return parser._parse_py(data, frames)
+        return _py_parse_frames(parser, data, frames)
     return parse_frames_c(parser, data, frames)
 
 
@@ -263,8 +265,7 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
             flags = _HAS_LIMIT
             lim = limit if limit >= 0 else -1
     else:
-        from .frames import FrameParser
-        return FrameParser._parse_py(parser, data, frames)
+        return _py_parse_frames(parser, data, frames)
     if parser.rsv1_allowed:
         flags |= _RSV1_ALLOWED
     cls = type(data)
@@ -347,7 +348,6 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
 
 def _raise(err: int, detail: int, parser: Any) -> NoReturn:
     """The exception ``FrameParser._parse`` raises for a C error code (same class and message)."""
-    from .frames import OPCODE_NAMES
     if err == lib.CW_E_RSV23:
         raise FrameError("RSV2/RSV3 set without a negotiated extension (RFC 6455 §5.2)")
     if err == lib.CW_E_RSV1:

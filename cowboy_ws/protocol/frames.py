@@ -6,8 +6,8 @@ plain tuples ``(opcode, fin, rsv1, payload)`` with the payload already unmasked
 (§5.3).  Plain tuples keep the per-frame cost to one allocation; the C mirror in
 ``_speedups`` returns the same shape.
 
-Every per-frame rule of §5 is checked here, on the header, before any payload
-is buffered:
+Every per-frame rule of §5 is checked by the batch parse, on the header,
+before any payload is buffered:
 
 * §5.2: RSV1-3 must be 0 unless an extension defines them (RSV1 for
   permessage-deflate, RFC 7692 §6.1, only on a data frame that starts a
@@ -20,9 +20,10 @@ is buffered:
 * The configured ``max_frame_size`` bounds the payload length, so an oversized
   payload is refused (1009) before a byte of it is kept.
 
-The batch parser has a C mirror (``_speedups``): when :mod:`.kernels` selects
-the C backend, ``FrameParser._parse`` is the C parser (the pure-Python one stays
-as ``FrameParser._parse_py``, the reference).
+The batch parse itself is ``kernels.parse_frames``, chosen once by
+:mod:`.kernels`: the pure-Python reference (:func:`.parse.parse_frames`) or its
+C mirror (``_speedups``, wrapped by :mod:`._ckernels`); :class:`FrameParser`
+keeps the buffer between feeds and completes a frame split across them.
 
 Message-level rules (continuation without a start, a new start inside a
 fragmented message, close payloads, UTF-8) belong to :mod:`.connection`.
@@ -33,32 +34,15 @@ from __future__ import annotations
 import struct
 from typing import Union
 
-from .errors import FrameError, MessageTooBig, ProtocolError, UsageError
+from .errors import ProtocolError, UsageError
+from .kernels import mask, parse_frames, unmask_join
 from .limits import MAX_CONTROL_PAYLOAD
-from . import kernels as _kernels
-from .kernels import mask, unmask_join
-from .mask import TRANSLATE_THRESHOLD
+from .opcodes import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, OPCODE_NAMES
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
-# Opcodes, RFC 6455 §5.2 / §11.8.
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
-
-OPCODE_NAMES = {
-    OP_CONT: "continuation",
-    OP_TEXT: "text",
-    OP_BINARY: "binary",
-    OP_CLOSE: "close",
-    OP_PING: "ping",
-    OP_PONG: "pong",
-}
-_KNOWN_OPCODES = frozenset(OPCODE_NAMES)
-_DATA_START = frozenset({OP_TEXT, OP_BINARY})
+__all__ = ["OPCODE_NAMES", "OP_BINARY", "OP_CLOSE", "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "Frame",
+           "FrameParser", "frame_header", "serialize_frame"]
 
 #: A parsed frame: ``(opcode, fin, rsv1, payload)``; ``fin`` and ``rsv1`` are truthy ints.
 Frame = tuple
@@ -78,6 +62,11 @@ class FrameParser:
     """
 
     __slots__ = ("_buf", "mask_required", "rsv1_allowed", "max_frame_size")
+
+    #: Appends the complete frames at the start of the data to a list and returns the bytes
+    #: they take: the backend's ``parse_frames(parser, data, frames)``, chosen by
+    #: :mod:`.kernels` and called as a method.
+    _parse = parse_frames
 
     def __init__(self, *, mask_required: bool, max_frame_size: int | None = None,
                  rsv1_allowed: bool = False) -> None:
@@ -193,81 +182,6 @@ class FrameParser:
                 del buf[:pos]
         return data[used:] if used else data
 
-    def _parse(self, data: BytesLike, frames: list[Frame]) -> int:
-        """Append the complete frames of ``data`` to ``frames``; return the bytes used."""
-        if type(data) is memoryview:  # the inlined unmask below repeats the key with `*`
-            data = data.tobytes()
-        n = len(data)
-        pos = 0
-        append = frames.append
-        mask_bit = 0x80 if self.mask_required else 0
-        limit = self.max_frame_size
-        from_bytes = int.from_bytes
-        while n - pos >= 2:
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            opcode = b0 & 0x0F
-            if b0 & 0x70:
-                self._check_rsv(b0, opcode)
-            if opcode not in _KNOWN_OPCODES:
-                raise FrameError(f"reserved opcode {opcode:#x} (RFC 6455 §5.2)")
-            length = b1 & 0x7F
-            if opcode & 0x8 and (length > MAX_CONTROL_PAYLOAD or not b0 & 0x80):
-                raise FrameError(
-                    f"{OPCODE_NAMES[opcode]} frame "
-                    + ("fragmented" if not b0 & 0x80 else "longer than 125 bytes")
-                    + " (RFC 6455 §5.5)")
-            if b1 & 0x80 != mask_bit:
-                raise FrameError("unmasked frame from a client (RFC 6455 §5.1)" if mask_bit
-                                 else "masked frame from a server (RFC 6455 §5.1)")
-            start = pos + 2
-            if length >= 126:
-                if length == 126:
-                    if n - start < 2:
-                        break
-                    length = (data[start] << 8) | data[start + 1]
-                    start += 2
-                    if length < 126:
-                        raise FrameError("16-bit length not minimal (RFC 6455 §5.2)")
-                else:
-                    if n - start < 8:
-                        break
-                    length = int.from_bytes(data[start:start + 8], "big")
-                    start += 8
-                    if length >> 63:
-                        raise FrameError("64-bit length with the top bit set (RFC 6455 §5.2)")
-                    if length < 65536:
-                        raise FrameError("64-bit length not minimal (RFC 6455 §5.2)")
-            if limit is not None and length > limit:
-                raise MessageTooBig(f"frame of {length} bytes exceeds max_frame_size {limit}")
-            if mask_bit:
-                end = start + 4 + length
-                if end > n:
-                    break
-                if length < TRANSLATE_THRESHOLD:  # mask.mask's small-payload form, inlined (hot path)
-                    payload = (from_bytes(data[start + 4:end], "little")
-                               ^ from_bytes((data[start:start + 4] * ((length >> 2) + 1))[:length], "little")
-                               ).to_bytes(length, "little")
-                else:
-                    payload = mask(data[start + 4:end], data[start:start + 4])
-            else:
-                end = start + length
-                if end > n:
-                    break
-                payload = bytes(data[start:end])
-            append((opcode, b0 & 0x80, b0 & 0x40, payload))
-            pos = end
-        return pos
-
-    def _check_rsv(self, b0: int, opcode: int) -> None:
-        """RSV bits are only allowed as a negotiated extension defines them (RFC 6455 §5.2, RFC 7692 §6.1)."""
-        if b0 & 0x30:
-            raise FrameError("RSV2/RSV3 set without a negotiated extension (RFC 6455 §5.2)")
-        if not self.rsv1_allowed:
-            raise FrameError("RSV1 set without a negotiated extension (RFC 6455 §5.2)")
-        if opcode not in _DATA_START:
-            raise FrameError("RSV1 set on a control or continuation frame (RFC 7692 §6.1)")
-
 
 #: Headers with a 16-bit and a 64-bit extended payload length (RFC 6455 §5.2, network byte order).
 _HEAD16 = struct.Struct("!BBH").pack
@@ -301,11 +215,3 @@ def serialize_frame(opcode: int, payload: BytesLike = b"", *, fin: bool = True, 
     if mask_key is not None:
         return frame_header(opcode, length, fin=fin, rsv1=rsv1, masked=True) + mask_key + mask(payload, mask_key)
     return frame_header(opcode, length, fin=fin, rsv1=rsv1) + payload
-
-
-# -- backend selection (the one place for frames; kernels.BACKEND decides) ------------
-
-#: The pure-Python parser, the reference, kept whichever backend is active.
-FrameParser._parse_py = FrameParser._parse  # type: ignore[attr-defined]
-if _kernels.BACKEND == "c":
-    FrameParser._parse = _kernels.parse_frames  # type: ignore[assignment,method-assign]

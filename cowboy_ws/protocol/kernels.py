@@ -2,8 +2,8 @@
 
 Two backends with the same contracts:
 
-* ``"python"``: the pure-Python reference (:mod:`.mask`, :mod:`.utf8` and
-  ``FrameParser._parse``), always there;
+* ``"python"``: the pure-Python reference (:mod:`.mask`, :mod:`.utf8`,
+  :mod:`.parse`), always there;
 * ``"c"``: the C mirror compiled from ``_speedups/`` into ``cowboy_ws._speedups``
   (cffi), wrapped by :mod:`._ckernels`.
 
@@ -11,26 +11,28 @@ The C backend is chosen at import when ``cowboy_ws._speedups`` imports and the
 environment variable ``COWBOY_WS_PURE`` is unset or ``0``; ``COWBOY_WS_PURE=1``
 forces pure Python.  ``cowboy_ws.backend()`` returns :data:`BACKEND`.  Every
 other module imports the kernels from here, never from their implementation
-modules; :mod:`.frames` reads :data:`BACKEND` to install :data:`parse_frames`
-as ``FrameParser._parse``.
+modules (``FrameParser._parse`` is :data:`parse_frames`).
+
+Imports run one way only: this module imports the implementations, and none of
+them imports this module (``tests/test_protocol_layer.py`` checks that the
+whole package has no import cycle).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
 
 from .mask import mask, unmask_join
+from .parse import parse_frames
 from .utf8 import Utf8Validator, validate_utf8
 
-__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "mask", "parse_frames", "unmask_join", "validate_utf8"]
+__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "mask", "parse_frames", "pure_forced", "unmask_join",
+           "validate_utf8"]
 
 #: ``"c"`` or ``"python"``.
 BACKEND = "python"
 #: Why the C backend is not active (None when it is).
 C_UNAVAILABLE: str | None = None
-#: The C ``FrameParser._parse`` (None with the Python backend, where the method is the reference).
-parse_frames: Callable[[Any, Any, list], int] | None = None
 
 
 def pure_forced() -> bool:
@@ -50,6 +52,5 @@ else:
         unmask_join = _ckernels.unmask_join  # noqa: F811
         Utf8Validator = _ckernels.Utf8Validator  # type: ignore[misc]  # noqa: F811
         validate_utf8 = _ckernels.validate_utf8  # noqa: F811
-        parse_frames = _ckernels.parse_frames
+        parse_frames = _ckernels.parse_frames  # noqa: F811
         BACKEND = "c"
-
