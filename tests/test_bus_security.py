@@ -432,3 +432,215 @@ def test_the_backend_never_reaches_into_process_internals():
     assert not any(mod == "process" or name == "process" for mod, name in imported), imported
     assert "process." not in source.replace("cowboy_ws.process.", "")
     assert not hasattr(module, "process") and cowboy_ws.process.current_backend().name == "local"
+
+
+# -- the attack, from a plain Redis client, against real nodes ----------------------------------------
+
+import json  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+from redis_server import RedisServer, available  # noqa: E402
+from serverproc import ServerProcess, ask, wait_until, who  # noqa: E402
+from wsclient import Client  # noqa: E402
+
+
+@pytest.fixture
+def redis_srv():
+    why = available()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the Redis tests: {why}")
+        pytest.skip(why)
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def nodes(redis_srv):
+    """``nodes(*args, env=...)``: a cluster_app server on the test's Redis; clients in ``.clients``."""
+    started: list[ServerProcess] = []
+    clients: list[Client] = []
+
+    def start(*args: str, env: dict | None = None) -> ServerProcess:
+        proc = ServerProcess("cluster_app:Node", "--port", "0", "--redis", redis_srv.url, "--node-ttl", "1", *args,
+                             env={"COWBOY_WS_CLUSTER_SECRET": "", **(env or {})})
+        started.append(proc)
+        return proc.started()
+
+    def connect(port: int, path: str) -> Client:
+        client = Client.connect(port, path)
+        clients.append(client)
+        return client
+
+    start.connect = connect  # type: ignore[attr-defined]
+    yield start
+    for client in clients:
+        client.abort()
+    for proc in started:
+        proc.stop()
+    for proc in started:  # no node crashed, whatever it was sent
+        assert "Traceback" not in proc.output, proc.output
+
+
+class Payload:
+    """A pickle whose unpickling creates a file (``open(path, "w")``): proof that code ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def say_once(speaker: Client, listeners: list[Client], text: str) -> None:
+    speaker.send_text(f"say {text}")
+    for client in listeners:
+        kind, data = client.recv_message(10)
+        assert (kind, data) == ("text", text.encode()), (kind, data)
+
+
+def pid_of(client: Client) -> tuple[str, int]:
+    node_id, number = ask(client, "me").split()
+    return node_id, int(number)
+
+
+def stats(client: Client) -> dict:
+    return json.loads(ask(client, "stats"))["rejected"]
+
+
+def test_a_client_without_the_secret_cannot_run_code_or_reach_anyone(nodes, redis_srv, tmp_path):
+    """Done when (1): pickle, random bytes, a bad MAC, a replay, on every channel: all dropped and counted."""
+    import redis as redis_py
+    secret = {"COWBOY_WS_CLUSTER_SECRET": SECRET.decode()}
+    one, two = nodes(env=secret), nodes(env=secret)
+    room = uuid.uuid4().hex
+    a1 = nodes.connect(one.port, f"/g/{room}")
+    b1, b2 = nodes.connect(two.port, f"/g/{room}"), nodes.connect(two.port, f"/g/{room}")
+    members = [a1, b1, b2]
+    for client in (a1, b1):
+        wait_until(lambda: ask(client, "count") == "3", 10, "3 members seen")
+    node_one, node_two = who(a1)["node"], who(b1)["node"]
+    b1_pid = pid_of(b1)
+
+    # a spy records real bus traffic to replay it later
+    attacker = redis_py.Redis.from_url(redis_srv.url)
+    spy = attacker.pubsub()
+    spy.psubscribe("cowboy_ws:*")
+    wait_until(lambda: spy.get_message(timeout=0.1) is not None, 5, "the spy subscribed")
+    say_once(a1, members, "captured broadcast")
+    assert ask(a1, f"sendto {b1_pid[0]} {b1_pid[1]} captured send") == "sent"
+    assert b1.recv_message(10) == ("text", b"captured send")
+    late = nodes.connect(one.port, f"/g/{room}")                       # a join announced on cowboy_ws:all
+    wait_until(lambda: ask(b1, "count") == "4", 10, "the join seen")
+    captured: list[tuple[str, bytes]] = []
+    deadline = time.monotonic() + 5
+    while len({ch for ch, _ in captured}) < 2 and time.monotonic() < deadline:
+        msg = spy.get_message(timeout=0.1)
+        if msg is not None and msg["type"] == "pmessage":
+            captured.append((msg["channel"].decode(), msg["data"]))
+    spy.close()
+    assert {ch for ch, _ in captured} >= {f"cowboy_ws:node:{node_two}", "cowboy_ws:all"}
+
+    # the attack, on every channel the nodes use
+    channels = sorted(ch.decode() for ch in attacker.pubsub_channels("*"))
+    assert channels == sorted(["cowboy_ws:all", f"cowboy_ws:node:{node_one}", f"cowboy_ws:node:{node_two}"])
+    target = tmp_path / "pwned"
+    pickled = pickle.dumps(("m", b1_pid[1], Payload(str(target))))
+    wrong_key = b"guessed secret, also 32 bytes..."
+    sent: dict[str, list[str]] = {ch: [] for ch in channels}           # channel -> expected reasons
+
+    def publish(channel: str, data: bytes, why: str) -> None:
+        attacker.publish(channel, data)
+        sent[channel].append(why)
+
+    for channel in channels:
+        publish(channel, pickled, "malformed")                                          # a bare pickle
+        for impostor in (node_one, node_two):                                           # in the nodes' names
+            unsigned = Bus(impostor, PickleCodec(), None, max_age=60)
+            publish(channel, unsigned.seal(channel, pickled), "unsigned")
+            signed_pickle = Bus(impostor, PickleCodec(), wrong_key, max_age=60)
+            publish(channel, signed_pickle.seal(channel, pickled), "bad_mac")
+            forger = Bus(impostor, codec(), wrong_key, max_age=60)
+            for body in (("m", b1_pid[1], ("say", "forged")), ("b", room, "text", b"forged", None, None),
+                         ("j", room, 999), ("x", b1_pid[1]), ("s", {}, False), ("bye",)):
+                publish(channel, forger.seal(channel, codec().encode(body)), "bad_mac")
+        for size in (0, 1, 21, 64, 500):
+            publish(channel, b"\xff" + os.urandom(size), "malformed")                    # random bytes
+        publish(channel, os.urandom(MAX_MESSAGE_SIZE + 1), "oversized")
+    for channel, data in captured:                                                  # replayed real messages
+        publish(channel, data, "replay")
+
+    # both nodes keep echoing and broadcasting; what they were sent before this reached nobody
+    for client in (a1, b1):
+        assert ask(client, "who").startswith("worker=")
+    everyone = members + [late]
+    say_once(a1, everyone, "after the attack, from one")
+    say_once(b2, everyone, "after the attack, from two")
+    for client in everyone:
+        client.expect_silence(0.3)
+        assert ask(client, "count") == "4"                               # no forged join, exit or goodbye
+    assert not target.exists()
+
+    expected = {}
+    for me, channel in ((node_one, f"cowboy_ws:node:{node_one}"), (node_two, f"cowboy_ws:node:{node_two}")):
+        counts: dict[str, int] = {}
+        for why in sent["cowboy_ws:all"] + sent[channel]:
+            counts[why] = counts.get(why, 0) + 1
+        expected[me] = counts
+    assert stats(a1) == expected[node_one]
+    assert stats(b1) == expected[node_two]
+    assert set(expected[node_two]) == {"malformed", "unsigned", "bad_mac", "oversized", "replay"}
+    for proc in (one, two):
+        proc.wait_for(r"dropped \d+ bus message\(s\) that failed checks")
+
+
+def test_without_a_secret_msgpack_still_runs_no_code_but_anyone_can_message(nodes, redis_srv, tmp_path):
+    """Documents the unauthenticated bus: no code runs, but a forged message reaches a handler."""
+    import redis as redis_py
+    one = nodes()
+    one.wait_for("the cluster bus is unauthenticated")
+    client = nodes.connect(one.port, "/")
+    node_id, number = pid_of(client)
+    channel = f"cowboy_ws:node:{node_id}"
+    target = tmp_path / "pwned"
+    attacker = redis_py.Redis.from_url(redis_srv.url)
+    pickled = pickle.dumps(("m", number, Payload(str(target))))
+    attacker.publish(channel, pickled)
+    attacker.publish(channel, Bus("attacker", PickleCodec(), None, max_age=60).seal(channel, pickled))
+    forged = Bus("attacker", codec(), None, max_age=60).seal(channel, codec().encode(("m", number, ("say", "forged"))))
+    attacker.publish(channel, forged)
+    assert client.recv_message(10) == ("text", b"forged")                  # what "unauthenticated" means
+    assert not target.exists()
+    assert stats(client) == {"malformed": 1, "codec": 1}
+
+
+def test_with_the_pickle_codec_and_no_secret_a_published_pickle_runs(nodes, redis_srv, tmp_path):
+    """Documents the risk the start-up warning names: with --cluster-codec pickle and no secret, it runs."""
+    import redis as redis_py
+    one = nodes("--cluster-codec", "pickle")
+    one.wait_for(r"cluster codec 'pickle': decoding a bus message can run arbitrary code")
+    one.wait_for("the cluster bus is unauthenticated")
+    target = tmp_path / "pwned"
+    channel = "cowboy_ws:all"
+    data = Bus("attacker", PickleCodec(), None, max_age=60).seal(channel, pickle.dumps(Payload(str(target))))
+    redis_py.Redis.from_url(redis_srv.url).publish(channel, data)
+    wait_until(target.exists, 10, "the published pickle to run")           # it ran: that is the warning's point
+
+
+def test_with_the_pickle_codec_and_a_secret_only_signed_pickles_are_opened(nodes, redis_srv, tmp_path):
+    import redis as redis_py
+    secret = {"COWBOY_WS_CLUSTER_SECRET": SECRET.decode()}
+    one, two = nodes("--cluster-codec", "pickle", env=secret), nodes("--cluster-codec", "pickle", env=secret)
+    room = uuid.uuid4().hex
+    a, b = nodes.connect(one.port, f"/g/{room}"), nodes.connect(two.port, f"/g/{room}")
+    for client in (a, b):
+        wait_until(lambda: ask(client, "count") == "2", 10, "2 members seen")
+    target = tmp_path / "pwned"
+    channel = f"cowboy_ws:node:{who(b)['node']}"
+    data = Bus(who(a)["node"], PickleCodec(), b"not the secret but 32 bytes long", max_age=60).seal(
+        channel, pickle.dumps(Payload(str(target))))
+    redis_py.Redis.from_url(redis_srv.url).publish(channel, data)
+    say_once(a, [a, b], "signed pickles still work")
+    assert not target.exists() and stats(b) == {"bad_mac": 1}
