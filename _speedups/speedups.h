@@ -64,6 +64,8 @@ int64_t cw_parse_frames(const char *src, char *dst, size_t n, size_t pos, int fl
  * (not written to `dst`): the caller unmasks each straight into its own result buffer. */
 #define CW_LARGE_PAYLOAD 8192
 
+/* Error codes of cw_parse_frames: the ids E_* of cowboy_ws/protocol/frame_errors.py, whose table
+ * gives each its exception class and message (keep in step; tests/test_speedups.py checks). */
 #define CW_E_RSV23 1        /* RSV2/RSV3 set */
 #define CW_E_RSV1 2         /* RSV1 set, not negotiated */
 #define CW_E_RSV1_CTRL 3    /* RSV1 on a control or continuation frame */

@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
                 "build it with `pip install -e .` (COWBOY_WS_SPEEDUPS=yes to make a failed build fatal)",
                 allow_module_level=True)
 
-from cowboy_ws.protocol import kernels, parse
+from cowboy_ws.protocol import closecodes, frame_errors, kernels, parse
 from cowboy_ws.protocol.errors import ProtocolError
 from cowboy_ws.protocol.frames import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
                                        FrameParser, serialize_frame)
@@ -429,6 +429,84 @@ def test_parse_large_payloads():
             config = {"mask_required": key is not None, "max_frame_size": None}
             check_parse(wire, [1, 3, 9, size // 2, len(wire) // 2 + 1], config, (bytes, bytearray))
             check_parse(wire, [], dict(config, max_frame_size=size - 1))
+
+
+# ---- frame errors: one table, the same exception on both backends ----------------------------
+
+KEY = b"\x01\x02\x03\x04"
+_ERR = frame_errors
+
+#: error id -> every way of hitting it: (the bad frame, parser settings, the error's detail).
+FRAME_ERROR_CASES = {
+    _ERR.E_RSV23: [(bytes([0x81 | rsv, 0x80]) + KEY, {"rsv1_allowed": allowed}, 0)
+                   for rsv in (0x10, 0x20, 0x30, 0x70) for allowed in (False, True)],
+    _ERR.E_RSV1: [(bytes([0xC0 | op, 0x80]) + KEY, {}, 0) for op in (OP_CONT, OP_TEXT, OP_BINARY, OP_PING)],
+    _ERR.E_RSV1_CTRL: [(bytes([0xC0 | op, 0x80]) + KEY, {"rsv1_allowed": True}, 0)
+                       for op in (OP_CONT, OP_CLOSE, OP_PING, OP_PONG)],
+    _ERR.E_OPCODE: [(bytes([0x80 | op, 0x80]) + KEY, {}, op) for op in (*range(0x3, 0x8), *range(0xB, 0x10))],
+    _ERR.E_CTRL_FRAG: [(bytes([op, 0x80]) + KEY, {}, op) for op in (OP_CLOSE, OP_PING, OP_PONG)]
+    + [(bytes([OP_CLOSE, 0xFE, 0, 200]), {}, OP_CLOSE)],  # fragmented and too long: "fragmented" wins
+    _ERR.E_CTRL_LONG: [(bytes([0x80 | op, 0xFE, 0, 126]), {}, op) for op in (OP_CLOSE, OP_PING, OP_PONG)],
+    _ERR.E_UNMASKED: [(bytes([0x81, 0x05]) + b"hello", {}, 0)],
+    _ERR.E_MASKED: [(bytes([0x81, 0x85]) + KEY + b"hello", {"mask_required": False}, 0)],
+    _ERR.E_LEN16: [(bytes([0x82, 0xFE, 0, n]) + KEY, {}, 0) for n in (0, 125)],
+    _ERR.E_LEN64_TOP: [(bytes([0x82, 0xFF, 0x80]) + bytes(7) + KEY, {}, 0), (bytes([0x82, 0xFF]) + b"\xff" * 8 + KEY, {}, 0)],
+    _ERR.E_LEN64: [(bytes([0x82, 0xFF]) + n.to_bytes(8, "big") + KEY, {}, 0) for n in (0, 126, 65535)],
+    _ERR.E_TOO_BIG: [(bytes([0x82, 0x86]) + KEY, {"max_frame_size": 5}, 6),
+                     (bytes([0x82, 0xFE, 1, 0]) + KEY, {"max_frame_size": 255}, 256),
+                     (bytes([0x82, 0x7F]) + (1 << 40).to_bytes(8, "big"), {"mask_required": False, "max_frame_size": 0},
+                      1 << 40),
+                     (bytes([0x82, 0x80]) + KEY, {"max_frame_size": -1}, 0)],
+}
+
+
+def expected_error(error: int, settings: dict, detail: int) -> tuple:
+    """What feed_outcomes records for this frame error, from the shared table."""
+    exc = frame_errors.frame_error(error, detail, settings.get("max_frame_size"))
+    assert type(exc) is frame_errors.FRAME_ERRORS[error][0]
+    assert exc.code == closecodes.ERROR_CODES[exc.reason]
+    return ("raise", type(exc), exc.code, str(exc))
+
+
+def test_frame_error_ids_are_the_c_codes():
+    """The table's ids are the C parser's CW_E_* codes, and every id has its row."""
+    ids = {name: value for name, value in vars(frame_errors).items() if name.startswith("E_")}
+    assert sorted(ids.values()) == sorted(frame_errors.FRAME_ERRORS) == sorted(FRAME_ERROR_CASES)
+    for name, value in ids.items():
+        assert getattr(C.lib, "CW_" + name) == value, name
+
+
+@pytest.mark.parametrize("error", sorted(FRAME_ERROR_CASES))
+def test_frame_errors_same_on_both_backends(error):
+    """Every way of hitting each frame error: the same class, close code and message from the pure
+    and the C parser (and the selected one), the table's, alone, after a good frame, split anywhere."""
+    for bad, settings, detail in FRAME_ERROR_CASES[error]:
+        config = {"mask_required": True, **settings}
+        want = expected_error(error, settings, detail)
+        good = serialize_frame(OP_BINARY, bytes(70), mask_key=KEY if config["mask_required"] else None)
+        if config.get("max_frame_size", 70) < 70:
+            good = b""
+        for wire, cuts in ((bad, []), (bad, [1]), (good + bad, []), (good + bad, [len(good) + 1]),
+                           (good + bad, [len(good) - 3]), (good + bad, [len(good) + len(bad) - 1])):
+            out = check_parse(wire, cuts, config)  # the C, selected and pure parsers agree on every feed
+            assert out[-1][:4] == want, (wire, cuts)
+
+
+@DIFF
+@given(data=st.data(), cuts=st.lists(st.integers(0, 3000), max_size=4))
+def test_frame_errors_after_random_frames(data, cuts):
+    """A frame error after random good frames, cut anywhere: the table's exception on both backends."""
+    error = data.draw(st.sampled_from(sorted(FRAME_ERROR_CASES)))
+    bad, settings, detail = data.draw(st.sampled_from(FRAME_ERROR_CASES[error]))
+    config = {"mask_required": True, **settings}
+    top = min(125, config.get("max_frame_size", 125))
+    good = b""
+    if top >= 0:
+        for opcode, size in data.draw(st.lists(st.tuples(st.sampled_from([OP_TEXT, OP_BINARY, OP_PING]),
+                                                         st.integers(0, top)), max_size=20)):
+            good += serialize_frame(opcode, os.urandom(size), mask_key=KEY if config["mask_required"] else None)
+    out = check_parse(good + bad, cuts, config)
+    assert out[-1][:4] == expected_error(error, settings, detail)
 
 
 def test_parse_does_not_touch_the_callers_data():

@@ -21,8 +21,8 @@ from typing import Any, NoReturn
 
 from cowboy_ws._speedups import ffi, lib  # the compiled kernels (not the runtime): absolute on purpose
 from . import mask as _py_mask_mod
-from .errors import FrameError, InvalidUtf8, MessageTooBig
-from .opcodes import OPCODE_NAMES
+from .errors import InvalidUtf8
+from .frame_errors import frame_error
 from .parse import parse_frames as _py_parse_frames
 
 __all__ = ["Utf8Validator", "mask", "parse_frames", "parse_frames_c", "unmask_join", "validate_utf8"]
@@ -246,8 +246,9 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
     """``FrameParser._parse`` in C: append the complete frames of ``data``; return the bytes used.
 
     Every per-frame rule of RFC 6455 §5.2 is checked in the reference's order;
-    the first broken one raises its :class:`FrameError` / :class:`MessageTooBig`
-    after the frames before it were appended.  ``data`` itself is never
+    the first broken one raises, after the frames before it were appended, the
+    exception :func:`.frame_errors.frame_error` builds for the C error id (the
+    same class and message as the reference).  ``data`` itself is never
     modified: masked payloads are unmasked into a copy (a scratch buffer), or
     in place when ``data`` is the parser's own buffer, which it may consume;
     payloads of ``CW_LARGE_PAYLOAD`` bytes or more are unmasked straight into
@@ -341,35 +342,6 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
     _pool.append(bufs)
     if src is not data:
         _release(src)
-    if err:
-        _raise(err, v[3], parser)
+    if err:  # the C parser's error id: the exception from the table the reference uses too
+        raise frame_error(err, v[3], limit)
     return pos
-
-
-def _raise(err: int, detail: int, parser: Any) -> NoReturn:
-    """The exception ``FrameParser._parse`` raises for a C error code (same class and message)."""
-    if err == lib.CW_E_RSV23:
-        raise FrameError("RSV2/RSV3 set without a negotiated extension (RFC 6455 §5.2)")
-    if err == lib.CW_E_RSV1:
-        raise FrameError("RSV1 set without a negotiated extension (RFC 6455 §5.2)")
-    if err == lib.CW_E_RSV1_CTRL:
-        raise FrameError("RSV1 set on a control or continuation frame (RFC 7692 §6.1)")
-    if err == lib.CW_E_OPCODE:
-        raise FrameError(f"reserved opcode {detail:#x} (RFC 6455 §5.2)")
-    if err == lib.CW_E_CTRL_FRAG:
-        raise FrameError(f"{OPCODE_NAMES[detail]} frame fragmented (RFC 6455 §5.5)")
-    if err == lib.CW_E_CTRL_LONG:
-        raise FrameError(f"{OPCODE_NAMES[detail]} frame longer than 125 bytes (RFC 6455 §5.5)")
-    if err == lib.CW_E_UNMASKED:
-        raise FrameError("unmasked frame from a client (RFC 6455 §5.1)")
-    if err == lib.CW_E_MASKED:
-        raise FrameError("masked frame from a server (RFC 6455 §5.1)")
-    if err == lib.CW_E_LEN16:
-        raise FrameError("16-bit length not minimal (RFC 6455 §5.2)")
-    if err == lib.CW_E_LEN64_TOP:
-        raise FrameError("64-bit length with the top bit set (RFC 6455 §5.2)")
-    if err == lib.CW_E_LEN64:
-        raise FrameError("64-bit length not minimal (RFC 6455 §5.2)")
-    if err == lib.CW_E_TOO_BIG:
-        raise MessageTooBig(f"frame of {detail} bytes exceeds max_frame_size {parser.max_frame_size}")
-    raise AssertionError(f"unknown error code {err} from cw_parse_frames")  # pragma: no cover

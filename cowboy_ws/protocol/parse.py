@@ -7,16 +7,19 @@ unmasks its payload (§5.3).  The C parser (``cw_parse_frames``, wrapped by
 :mod:`._ckernels`) has the same contract and is tested against this one;
 :mod:`.kernels` chooses between them.
 
-It imports only leaf modules (errors, limits, opcodes and the pure mask), so
-that every other module, :mod:`._ckernels` and :mod:`.kernels` included, can
-import it without an import cycle.
+A broken frame raises the exception :func:`.frame_errors.frame_error` builds
+from the one table both parsers share.  This module imports only leaf modules
+(the error table, limits, opcodes and the pure mask), so that every other
+module, :mod:`._ckernels` and :mod:`.kernels` included, can import it without an
+import cycle.
 """
 
 from __future__ import annotations
 
 from typing import Any, Union
 
-from .errors import FrameError, MessageTooBig
+from .frame_errors import (E_CTRL_FRAG, E_CTRL_LONG, E_LEN16, E_LEN64, E_LEN64_TOP, E_MASKED, E_OPCODE, E_RSV1,
+                           E_RSV1_CTRL, E_RSV23, E_TOO_BIG, E_UNMASKED, frame_error)
 from .limits import MAX_CONTROL_PAYLOAD
 from .mask import TRANSLATE_THRESHOLD, mask
 from .opcodes import OP_BINARY, OP_TEXT, OPCODE_NAMES
@@ -35,8 +38,9 @@ def parse_frames(parser: Any, data: BytesLike, frames: list) -> int:
     ``parser`` (a :class:`.frames.FrameParser`) gives the settings:
     ``mask_required``, ``rsv1_allowed`` and ``max_frame_size``.  Each frame is
     appended as ``(opcode, fin, rsv1, payload)`` with the payload unmasked
-    (§5.3).  The first frame that breaks a rule raises its :class:`FrameError`
-    or :class:`MessageTooBig`, the frames before it already appended; an
+    (§5.3).  The first frame that breaks a rule raises its
+    :func:`.frame_errors.frame_error` (a :class:`.errors.FrameError` or
+    :class:`.errors.MessageTooBig`), the frames before it already appended; an
     incomplete frame at the end is left for the caller to buffer.
     """
     if type(data) is memoryview:  # the inlined unmask below repeats the key with `*`
@@ -54,16 +58,12 @@ def parse_frames(parser: Any, data: BytesLike, frames: list) -> int:
         if b0 & 0x70:
             _check_rsv(b0, opcode, parser.rsv1_allowed)
         if opcode not in _KNOWN_OPCODES:
-            raise FrameError(f"reserved opcode {opcode:#x} (RFC 6455 §5.2)")
+            raise frame_error(E_OPCODE, opcode)
         length = b1 & 0x7F
         if opcode & 0x8 and (length > MAX_CONTROL_PAYLOAD or not b0 & 0x80):
-            raise FrameError(
-                f"{OPCODE_NAMES[opcode]} frame "
-                + ("fragmented" if not b0 & 0x80 else "longer than 125 bytes")
-                + " (RFC 6455 §5.5)")
+            raise frame_error(E_CTRL_LONG if b0 & 0x80 else E_CTRL_FRAG, opcode)
         if b1 & 0x80 != mask_bit:
-            raise FrameError("unmasked frame from a client (RFC 6455 §5.1)" if mask_bit
-                             else "masked frame from a server (RFC 6455 §5.1)")
+            raise frame_error(E_UNMASKED if mask_bit else E_MASKED)
         start = pos + 2
         if length >= 126:
             if length == 126:
@@ -72,18 +72,18 @@ def parse_frames(parser: Any, data: BytesLike, frames: list) -> int:
                 length = (data[start] << 8) | data[start + 1]
                 start += 2
                 if length < 126:
-                    raise FrameError("16-bit length not minimal (RFC 6455 §5.2)")
+                    raise frame_error(E_LEN16)
             else:
                 if n - start < 8:
                     break
                 length = int.from_bytes(data[start:start + 8], "big")
                 start += 8
                 if length >> 63:
-                    raise FrameError("64-bit length with the top bit set (RFC 6455 §5.2)")
+                    raise frame_error(E_LEN64_TOP)
                 if length < 65536:
-                    raise FrameError("64-bit length not minimal (RFC 6455 §5.2)")
+                    raise frame_error(E_LEN64)
         if limit is not None and length > limit:
-            raise MessageTooBig(f"frame of {length} bytes exceeds max_frame_size {limit}")
+            raise frame_error(E_TOO_BIG, length, limit)
         if mask_bit:
             end = start + 4 + length
             if end > n:
@@ -107,8 +107,8 @@ def parse_frames(parser: Any, data: BytesLike, frames: list) -> int:
 def _check_rsv(b0: int, opcode: int, rsv1_allowed: bool) -> None:
     """RSV bits are only allowed as a negotiated extension defines them (RFC 6455 §5.2, RFC 7692 §6.1)."""
     if b0 & 0x30:
-        raise FrameError("RSV2/RSV3 set without a negotiated extension (RFC 6455 §5.2)")
+        raise frame_error(E_RSV23)
     if not rsv1_allowed:
-        raise FrameError("RSV1 set without a negotiated extension (RFC 6455 §5.2)")
+        raise frame_error(E_RSV1)
     if opcode not in _DATA_START:
-        raise FrameError("RSV1 set on a control or continuation frame (RFC 7692 §6.1)")
+        raise frame_error(E_RSV1_CTRL)
