@@ -73,7 +73,7 @@ cd "$stage"
 export PYTHONMALLOC=malloc
 export COWBOY_WS_DIFF_EXAMPLES=${COWBOY_WS_DIFF_EXAMPLES:-12}
 export HYPOTHESIS_NO_PLUGINS=1
-# (pytest -s: with output capture one hypothesis test ran 50 times slower under valgrind)
+# (pytest -s: output capture made a hypothesis test far slower under valgrind; bench/README.md)
 # hypothesis' Unicode tables for st.text(): built here at native speed (a minute under valgrind)
 export HYPOTHESIS_STORAGE_DIRECTORY="$work/hypothesis"
 "$python" -c "from hypothesis.internal.charmap import charmap; charmap()"

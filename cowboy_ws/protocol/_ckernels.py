@@ -230,8 +230,8 @@ def _unmask_new(src: Any, offset: int, size: int) -> bytes:
 
 
 #: Inputs shorter than this go to the pure-Python parser: for one or two small
-#: frames the calls into C (about 0.2 µs each) cost more than the parsing.
-#: Measured with ``python bench/bench_speedups.py crossover``.
+#: frames the calls into C cost more than the parsing
+#: (``python bench/bench_speedups.py crossover``; bench/README.md).
 PARSE_SMALL = 64
 
 

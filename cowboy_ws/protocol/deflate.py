@@ -60,13 +60,9 @@ _FIRST_CHUNK = 256 * 1024
 #: While a connection has inflated at most this many bytes in all, the codec
 #: keeps a copy of them (the whole LZ77 window, RFC 7692 §7.2.2), so that
 #: ``release()`` can drop the decompressor under context takeover and rebuild
-#: it with ``zdict=`` later. Measured with zlib-ng (RSS of 2,000 raw
-#: inflaters, a ~42 KiB allocation each, after k bytes of JSON-like output,
-#: vs a k-byte bytearray): the inflater is 12.6 KiB at k=16, 16.5 at 4 KiB,
-#: 20.5 at 8 KiB, 24.6 at 16 KiB, 36.6 at 32 KiB; the copy k + 0.1 KiB. So
-#: hibernating saves ~12 KiB whatever k up to 8 KiB, less beyond; but an awake
-#: connection holds the copy besides its inflater (up to this bound extra), so
-#: 4 KiB: 4x smaller than the inflater it replaces, a small awake overhead.
+#: it with ``zdict=`` later.  The bound keeps the copy well below the size of the
+#: inflater it replaces, and small for an awake connection, which holds both
+#: (measurements: bench/README.md).
 #: Past the bound tracking stops (one ``is not None`` test per message).
 _HISTORY_LIMIT = 4 * 1024
 
@@ -371,7 +367,7 @@ class PerMessageDeflate:
         #: Without context takeover our messages are independent, so one deflater can serve many
         #: connections (flushed with Z_FULL_FLUSH, which drops all history): ``shared_deflaters``
         #: is a dict owned by the caller (one per thread), settings -> compressobj.  Saves creating
-        #: a deflater per message (measured 4.8 -> 3.5 us per 1 KiB JSON message with zlib-ng).
+        #: a deflater per message (measured: bench/README.md).
         self._shared = shared_deflaters
         self.params = params
         self.options = options

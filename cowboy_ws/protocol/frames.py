@@ -183,7 +183,8 @@ class FrameParser:
         return data[used:] if used else data
 
 
-#: Headers with a 16-bit and a 64-bit extended payload length (RFC 6455 §5.2, network byte order).
+#: Headers with a 16-bit and a 64-bit extended payload length (RFC 6455 §5.2, network byte order),
+#: packed in one call rather than joined from two objects (measured: bench/README.md).
 _HEAD16 = struct.Struct("!BBH").pack
 _HEAD64 = struct.Struct("!BBQ").pack
 

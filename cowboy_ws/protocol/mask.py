@@ -21,20 +21,8 @@ __all__ = ["mask", "unmask_join"]
 #: ``_TABLES[k]`` is the 256-byte translate table of ``b -> b ^ k``.
 _TABLES: tuple[bytes, ...] = tuple(bytes(b ^ k for b in range(256)) for k in range(256))
 
-#: Payloads of at least this many bytes take the translate path. Measured with
-#: ``python bench/bench_kernels.py crossover`` (CPython 3.11, x86-64, GB/s of CPU
-#: time, median of 7 rounds, steady-state heap):
-#:   size      int-XOR  translate
-#:     64 B     0.127    0.076
-#:    256 B     0.311    0.251
-#:    384 B     0.351    0.342
-#:    448 B     0.353    0.375
-#:    512 B     0.366    0.399
-#:   1 KiB      0.412    0.574
-#:   4 KiB      0.529    0.823
-#:   64 KiB     0.566    0.927
-#:   1 MiB      0.319    0.917
-#: The crossover is near 410 bytes.
+#: Payloads of at least this many bytes take the translate path: from about there on it
+#: beats the big-integer XOR (``python bench/bench_kernels.py crossover``; bench/README.md).
 TRANSLATE_THRESHOLD = 416
 
 _from_bytes = int.from_bytes
