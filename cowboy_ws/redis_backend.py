@@ -126,9 +126,11 @@ def _config_problem(exc: BaseException) -> str | None:
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return f"permission denied: {exc}"
     seen: BaseException | None = exc
-    while seen is not None:
+    while seen is not None:  # redis-py wraps the ssl error in its ConnectionError, sometimes only as text
         if isinstance(seen, ssl.SSLCertVerificationError) or "certificate verify failed" in str(seen):
             return f"TLS certificate not trusted: {seen}"
+        if "alert certificate required" in str(seen) or "alert bad certificate" in str(seen):
+            return f"TLS client certificate refused or missing (--redis-ssl-cert): {seen}"
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -14,6 +14,7 @@ is ``rediss://``; ``tls_clients=True`` also requires client certificates signed 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -48,7 +49,7 @@ class RedisServer:
         self.port = port or free_port()
         self.password = password
         self.users = list(users)
-        self.tls = tls
+        self.tls = tuple(os.path.abspath(path) for path in tls) if tls else None  # redis-server chdirs to --dir
         self.tls_clients = tls_clients
         self.proc: subprocess.Popen | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="cowboy_ws-redis-")

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -350,10 +353,143 @@ def test_server_redis_url_in_process(cluster, redis_srv):
             remote[0].send(("say", lambda: None))          # not carried by the bus: the sender hears it
         with pytest.raises(ValueError, match="too large for the cluster bus"):
             remote[0].send(("say", "x" * (1 << 20)))       # over MAX_MESSAGE_SIZE: the sender hears it
+        with pytest.raises(ValueError, match="too large for the cluster bus"):
+            cowboy_ws.broadcast(group, ("binary", b"x" * (1 << 20)))  # refused before anyone is sent it
         remote[0].send(("say", "still fine"))              # the refusals queued nothing, broke nothing
         assert texts(remote_client, 1) == ["still fine"]
+        local_client.expect_silence(0.2)
     finally:
         server.shutdown()
     assert process.current_backend().name == "local"
     other.wait_for(r"node \S+ stopped")                    # its member left, then it said goodbye
     assert ask(remote_client, "count") == "1"
+
+
+# -- Redis as operators run it: an ACL user, passwords, TLS ------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "deployment.md"
+
+
+def documented_acl(password: str) -> str:
+    """The ACL line of docs/deployment.md ("Securing the bus"), with ``password``, as a ``user`` directive."""
+    lines = [line for line in DOCS.read_text().splitlines() if line.startswith("user cowboy_ws on ")]
+    assert len(lines) == 1, lines
+    assert ">CHANGE-ME" in lines[0]
+    return lines[0].removeprefix("user ").replace(">CHANGE-ME", f">{password}")
+
+
+@pytest.fixture
+def servers():
+    """``servers(url, *args)``: cluster_app nodes (secret in the environment), stopped at teardown."""
+    started: list[ServerProcess] = []
+    clients: list[Client] = []
+
+    def start(url: str, *args: str) -> ServerProcess:
+        proc = ServerProcess("cluster_app:Node", "--port", "0", "--redis", url, "--node-ttl", TTL, *args,
+                             env={SECRET_ENV: SECRET})
+        started.append(proc)
+        return proc.started()
+
+    def connect(port: int, path: str) -> Client:
+        client = Client.connect(port, path)
+        clients.append(client)
+        return client
+
+    start.connect = connect  # type: ignore[attr-defined]
+    yield start
+    for client in clients:
+        client.abort()
+    for proc in started:
+        proc.stop()
+    for proc in started:
+        assert "Traceback" not in proc.output and "NoPermission" not in proc.output, proc.output
+
+
+def two_nodes_talk(servers, url: str, *args: str) -> tuple[ServerProcess, ServerProcess, Client, Client]:
+    """Two nodes on ``url``: members see each other, broadcast and pid.send cross both ways."""
+    one, two = servers(url, *args), servers(url, *args)
+    room = f"/g/{uuid.uuid4().hex}"
+    a, b = servers.connect(one.port, room), servers.connect(two.port, room)
+    converge([a, b], 2)
+    a.send_text("say from one")
+    assert texts(a, 1) == texts(b, 1) == ["from one"]
+    b.send_text("say from two")
+    assert texts(a, 1) == texts(b, 1) == ["from two"]
+    assert ask(b, f"sendto {ask(a, 'me')} to a") == "sent"
+    assert texts(a, 1) == ["to a"]
+    return one, two, a, b
+
+
+def start_error(url: str, *args: str) -> str:
+    """``python -m cowboy_ws --redis url ...`` that must refuse to start: its stderr (exit status 2)."""
+    out = subprocess.run([sys.executable, "-m", "cowboy_ws", "--port", "0", "--redis", url, *args],
+                         capture_output=True, text=True, timeout=30, env={**os.environ, SECRET_ENV: ""})
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    return out.stderr
+
+
+def test_nodes_run_on_the_documented_acl_user_and_it_can_do_nothing_else(servers):
+    import redis
+    with RedisServer(password="admin-pw", users=[documented_acl("node-pw")]) as srv:
+        url = srv.url_for("cowboy_ws", "node-pw")
+        one, two, a, _b = two_nodes_talk(servers, url)
+        two.proc.kill()                                          # heartbeats: a dead node expires (MGET)
+        one.wait_for(r"is gone \(no heartbeat within 1s\)")
+        assert ask(a, "count") == "1"
+        node = redis.Redis.from_url(url)
+        for forbidden in (lambda: node.get("other"), lambda: node.set("cowboy_ws:other", 1),
+                          lambda: node.publish("another-app", b"x"), lambda: node.pubsub_channels("*"),
+                          lambda: node.flushall(), lambda: node.config_get("*"), lambda: node.keys("*")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                forbidden()
+        spy = node.pubsub()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            spy.subscribe("another-app")
+            spy.get_message(timeout=1)
+
+
+def test_a_wrong_password_is_a_clear_start_up_error():
+    with RedisServer(password="admin-pw", users=[documented_acl("node-pw")]) as srv:
+        for url in (srv.url_for("cowboy_ws", "wrong"), srv.url_for("nobody", "node-pw"),
+                    srv.url.replace(":admin-pw@", "")):
+            for extra in ((), ("--workers", "2")):
+                assert "--redis: redis 127.0.0.1:" in start_error(url, *extra)
+        assert "authentication failed: invalid username-password pair" in start_error(srv.url_for("cowboy_ws", "x"))
+        assert "authentication failed" in start_error(srv.url.replace(":admin-pw@", ""))
+        from cowboy_ws.redis_backend import RedisConfigError
+        server = cowboy_ws.Server([("/", Member, "g")], port=0, redis_url=srv.url_for("cowboy_ws", "wrong"))
+        with pytest.raises(RedisConfigError, match="authentication failed"):
+            server.serve_forever()                            # from Python: raised before serving
+        assert process.current_backend().name == "local"
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A test CA (trustme), the Redis server's certificate, a client certificate, and an unrelated CA."""
+    trustme = pytest.importorskip("trustme")
+    ca, other = trustme.CA(), trustme.CA()
+    paths = {name: str(tmp_path / f"{name}.pem") for name in ("ca", "other", "cert", "key", "client")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    other.cert_pem.write_to_path(paths["other"])
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_cert.cert_chain_pems[0].write_to_path(paths["cert"])
+    server_cert.private_key_pem.write_to_path(paths["key"])
+    ca.issue_cert("cowboy-ws-node").private_key_and_cert_chain_pem.write_to_path(paths["client"])
+    return paths
+
+
+def test_nodes_talk_over_tls_and_an_untrusted_certificate_stops_the_start(pki, servers):
+    with RedisServer(tls=(pki["cert"], pki["key"], pki["ca"])) as srv:
+        assert srv.url.startswith("rediss://")
+        two_nodes_talk(servers, srv.url, "--redis-ssl-ca", pki["ca"])
+        assert "TLS certificate not trusted" in start_error(srv.url, "--redis-ssl-ca", pki["other"])
+        assert "TLS certificate not trusted" in start_error(srv.url)            # the system CAs: not ours
+        assert "need a rediss:// URL" in start_error(srv.url.replace("rediss", "redis"), "--redis-ssl-ca",
+                                                     pki["ca"])
+
+
+def test_redis_requiring_client_certificates(pki, servers):
+    """--redis-ssl-cert reaches redis-py.  (Without it, TLS 1.3 reports the refusal after the handshake, so
+    the node may see a closed connection before the alert: an outage, not always a start-up error.)"""
+    with RedisServer(tls=(pki["cert"], pki["key"], pki["ca"]), tls_clients=True) as srv:
+        two_nodes_talk(servers, srv.url, "--redis-ssl-ca", pki["ca"], "--redis-ssl-cert", pki["client"])
