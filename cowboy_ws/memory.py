@@ -3,10 +3,9 @@
 glibc hands freed heap back to the OS once the free top of the heap exceeds
 128 KiB (``M_TRIM_THRESHOLD``) and serves every block of 128 KiB or more with
 a fresh ``mmap`` (``M_MMAP_THRESHOLD``).  A WebSocket server allocates and frees
-a payload per message, so with those defaults a 64 KiB echo page-faults about
-13 times per message (measured with ``perf stat -e page-faults``: 709,240 faults
-in 8 s at 6,600 messages/s; 135 with the settings below, and 1.8x the
-messages/s).  :func:`tune_malloc` raises both thresholds, as the environment
+a payload per message, so with those defaults a large-message echo page-faults
+several times per message (measured: bench/README.md).  :func:`tune_malloc`
+raises both thresholds, as the environment
 variables ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` would;
 ``COWBOY_WS_MALLOC=system`` leaves the allocator alone.
 """
