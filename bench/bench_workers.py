@@ -21,10 +21,24 @@ subprocess (this file is also the handler module) on 127.0.0.1:
    The same figure for one process without Redis (``--workers`` absent) is measured in the
    same run as the baseline.
 
+3. **The cluster bus: CPU per message, pickle against msgpack + HMAC**: ``--workers 2 --redis``
+   with 20 sink connections (10 per worker) and a control connection.  ``pid.send``: each
+   ``send 20`` makes the control's worker ``pid.send`` a 16-byte message 20 times to each of
+   the 10 sinks on the *other* worker (each a bus message; at most 2,000 in flight);
+   ``broadcast``: each ``bcast 20`` broadcasts 20 times to the group (10 local sinks, 10
+   remote: one bus message per call).
+   Reported per configuration: messages/s and the CPU (user + system) of every process of the
+   server (supervisor and workers, from ``/proc``) per message sent, as the median of
+   ``--bus-repeat`` runs (default 3) that alternate between the configurations in the same run:
+   ``--cluster-codec pickle`` without a secret (the pre-msgpack wire: pickled bodies, no MAC)
+   against the default msgpack codec with ``COWBOY_WS_CLUSTER_SECRET`` set (every message
+   sealed and checked), and the ratio.  Redis's own CPU is shown apart (the same work for both).
+
 ::
 
-    python bench/bench_workers.py                 # both, about 40 s
+    python bench/bench_workers.py                 # all three, about 100 s
     python bench/bench_workers.py --quick         # shorter runs
+    python bench/bench_workers.py --skip-echo --skip-broadcast      # the bus comparison only
     python bench/bench_workers.py --skip-broadcast --conns 16 --client-procs 1
 """
 
@@ -38,6 +52,7 @@ import re
 import resource
 import selectors
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -57,6 +72,7 @@ FRAME_IN = 2 + len(PAYLOAD)           # a server text frame of 16 bytes: 18 byte
 IN_FLIGHT = 64
 IO_TIMEOUT = 10.0
 GROUP = "bench"
+SINKS = "sinks"
 LISTEN_RE = re.compile(r"listening on https?://\S+:(\d+) ")
 WORKERS_RE = re.compile(r"worker\(s\) on wss?://\S+:(\d+) ")
 
@@ -65,18 +81,29 @@ WORKERS_RE = re.compile(r"worker\(s\) on wss?://\S+:(\d+) ")
 
 
 class Handler:
-    """``/`` echoes; ``/member`` joins the group; ``/control``: ``go N`` broadcasts N times. ``who?``: worker."""
+    """``/`` echoes; ``/member`` joins the group; ``/control``: ``go N`` broadcasts N times. ``who?``: worker.
+
+    ``/sink`` joins the sink group and sends back what ``websocket_info`` gets; on ``/control``,
+    ``send N`` pid.sends N messages to each sink of other nodes, ``bcast N`` broadcasts N times to
+    the sinks.
+    """
 
     @staticmethod
     def init(req, _state):
-        role = {"/member": "member", "/control": "control"}.get(req.path, "echo")
+        role = {"/member": "member", "/control": "control", "/sink": "sink"}.get(req.path, "echo")
         return ("cowboy_websocket", req, role, {"idle_timeout": "infinity"})
 
     @staticmethod
     def websocket_init(state):
         if state == "member":
             cowboy_ws.join(GROUP)
+        elif state == "sink":
+            cowboy_ws.join(SINKS)
         return ("ok", state)
+
+    @staticmethod
+    def websocket_info(info, state):
+        return ("reply", ("text", info), state)
 
     @staticmethod
     def websocket_handle(frame, state):
@@ -90,8 +117,20 @@ class Handler:
             for _ in range(int(data[3:])):
                 cowboy_ws.broadcast(GROUP, ("text", PAYLOAD))
             return ("ok", state)
+        if state == "control" and data.startswith(b"send "):
+            remote = [pid for pid in cowboy_ws.members(SINKS) if not pid.local]
+            for _ in range(int(data[5:])):
+                for pid in remote:
+                    pid.send(PAYLOAD)
+            return ("ok", state)
+        if state == "control" and data.startswith(b"bcast "):
+            for _ in range(int(data[6:])):
+                cowboy_ws.broadcast(SINKS, ("text", PAYLOAD))
+            return ("ok", state)
         if data == b"count":
             return ("reply", ("text", str(len(cowboy_ws.members(GROUP)))), state)
+        if data == b"sinks":
+            return ("reply", ("text", str(len(cowboy_ws.members(SINKS)))), state)
         return ("ok", state)
 
 
@@ -109,8 +148,8 @@ def raise_nofile() -> None:
 class Server:
     """``python -m cowboy_ws bench_workers:Handler ARGS`` with its output drained by a thread."""
 
-    def __init__(self, *args: str, workers: int = 0) -> None:
-        env = dict(os.environ)
+    def __init__(self, *args: str, workers: int = 0, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
         code = ("import resource, runpy, sys; s, h = resource.getrlimit(resource.RLIMIT_NOFILE); "
                 "resource.setrlimit(resource.RLIMIT_NOFILE, (h, h)); sys.argv[0] = 'cowboy_ws'; "
@@ -339,6 +378,132 @@ def broadcast_run(args: tuple[str, ...], workers: int, members: int, rounds: int
         server.stop()
 
 
+# --- the cluster bus: CPU per message -------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in process group ``pgid`` (the server's session)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:          # after the name: state ppid pgrp ...; utime stime are 14, 15
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def ask_int(sock: socket.socket, question: bytes) -> int:
+    sock.sendall(masked(question))
+    head = recv_exactly(sock, 2)
+    return int(recv_exactly(sock, head[1] & 0x7F))
+
+
+def bus_run(redis_url: str, redis_pid: int, env: dict[str, str], args: tuple[str, ...], mode: str,
+            messages: int, sinks: int = 10, batch: int = 20, window: int = 2000) -> tuple[float, float, float]:
+    """One server (2 workers over Redis): (messages/s, server CPU µs per message, Redis CPU µs per message).
+
+    ``mode`` "send": pid.send to the sinks of the other worker; "bcast": broadcast to all sinks
+    (a message is one broadcast call).
+    """
+    server = Server("--redis", redis_url, *args, workers=2, env=env)
+    try:
+        socks = balanced(server.port, "/sink", sinks, 2, limit=sinks * 20)
+        while True:  # the control connection, and which sinks are on the other worker
+            control = connect(server.port, "/control")
+            if who(control) == 0:
+                break
+            control.close()
+        deadline = time.monotonic() + 30
+        while ask_int(control, b"sinks") != 2 * sinks:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sinks of the other worker were not seen")
+            time.sleep(0.05)
+        sel = selectors.DefaultSelector()
+        for sock in socks:
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ)
+        # a message: one pid.send (to one remote sink), or one broadcast call (to every sink)
+        per_message = FRAME_IN if mode == "send" else 2 * sinks * FRAME_IN      # bytes it delivers
+        per_command = batch * sinks if mode == "send" else batch                # messages a command makes
+        target = messages * per_message
+        command = masked(f"{mode} {batch}".encode())
+        total = sent = 0
+        cpu0, redis0 = cpu_seconds(server.proc.pid), process_cpu(redis_pid)
+        start = time.monotonic()
+        limit = start + 120
+        while total < target:
+            while sent < messages and sent - total // per_message < window:
+                control.sendall(command)
+                sent += per_command
+            for key, _mask in sel.select(0.5):
+                try:
+                    data = key.fileobj.recv(262144)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise ConnectionError("a sink was closed")
+                total += len(data)
+            if time.monotonic() > limit:
+                raise RuntimeError(f"{total // per_message} of {messages} messages after 120 s")
+        elapsed = time.monotonic() - start
+        cpu = cpu_seconds(server.proc.pid) - cpu0
+        redis_cpu = process_cpu(redis_pid) - redis0
+        for sock in socks:
+            sock.close()
+        control.close()
+        return messages / elapsed, cpu / messages * 1e6, redis_cpu / messages * 1e6
+    finally:
+        server.stop()
+
+
+BUS_CONFIGS = {
+    "pickle, no MAC": ({"COWBOY_WS_CLUSTER_SECRET": ""}, ("--cluster-codec", "pickle")),
+    "msgpack + HMAC": ({"COWBOY_WS_CLUSTER_SECRET": "bench secret, 32 random bytes.."}, ()),
+}
+
+
+def bus_compare(messages: int, repeat: int) -> None:
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from redis_server import RedisServer, available
+    why = available()
+    print(f"\ncluster bus, CPU per message: pickle vs msgpack + HMAC-SHA256, {messages:,} messages a run, "
+          f"median of {repeat} alternating runs")
+    if why is not None:
+        print(f"  skipped ({why})")
+        return
+    with RedisServer() as redis_srv:
+        assert redis_srv.proc is not None
+        for mode, what in (("send", "pid.send of 16 bytes to a Pid of the other worker"),
+                           ("bcast", "broadcast of 16 bytes to 10 local + 10 remote members")):
+            runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in BUS_CONFIGS}
+            for _ in range(repeat):
+                for name, (env, args) in BUS_CONFIGS.items():
+                    runs[name].append(bus_run(redis_srv.url, redis_srv.proc.pid, env, args, mode,
+                                              messages if mode == "send" else messages // 4))
+            print(f"  {what}:")
+            medians = {}
+            for name, results in runs.items():
+                rate, cpu, rcpu = (statistics.median(r[i] for r in results) for i in range(3))
+                medians[name] = cpu
+                print(f"    {name:<16} {rate:>9,.0f} msg/s   server CPU {cpu:6.1f} µs/msg   (redis {rcpu:5.1f} µs/msg;"
+                      " runs: " + ", ".join(f"{r[1]:.1f}" for r in results) + ")")
+            base, new = medians["pickle, no MAC"], medians["msgpack + HMAC"]
+            print(f"    CPU per message, msgpack + HMAC / pickle: {new / base:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs")
@@ -347,8 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="echo measurement per run (default 4, quick 2)")
     ap.add_argument("--rounds", type=int, default=None, help="broadcast rounds (default 300, quick 100)")
     ap.add_argument("--repeat", type=int, default=None, help="echo runs per worker count (default 2, quick 1)")
+    ap.add_argument("--bus-messages", type=int, default=None,
+                    help="pid.send messages per bus run (default 40,000, quick 10,000; broadcasts: a quarter)")
+    ap.add_argument("--bus-repeat", type=int, default=None, help="runs per bus configuration (default 3, quick 1)")
     ap.add_argument("--skip-echo", action="store_true")
     ap.add_argument("--skip-broadcast", action="store_true")
+    ap.add_argument("--skip-bus", action="store_true")
     args = ap.parse_args(argv)
     raise_nofile()
     seconds = args.seconds or (2.0 if args.quick else 4.0)
@@ -382,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
                 cross = broadcast_run(("--redis", redis_srv.url), 2, 1000, rounds, 50)
             print(f"  --workers 2 --redis (500 + 500):     {cross:>10,.0f} deliveries/s   "
                   f"({cross / base:.2f}x the single process)")
+
+    if not args.skip_bus:
+        bus_compare(args.bus_messages or (10_000 if args.quick else 40_000), args.bus_repeat or (1 if args.quick else 3))
     return 0
 
 

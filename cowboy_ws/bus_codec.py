@@ -230,14 +230,11 @@ class Bus:
         if len(self._node_bytes) > 255:
             raise ValueError(f"node id too long for the bus: {node!r}")
         self._flags = _FLAG_MAC if self.secret else 0
+        #: bytes an envelope from this node adds to a body
+        self.overhead = _HEAD.size + len(self._node_bytes) + (_MAC_SIZE if self.secret else 0)
         self._macs: dict[bytes, Any] = {}                  # name -> HMAC already fed the name
         self._last: dict[str, tuple[int, float]] = {}      # sender -> (last sequence, when)
         self._pruned = 0.0
-
-    @property
-    def overhead(self) -> int:
-        """Bytes an envelope adds to a body from this node."""
-        return _HEAD.size + len(self._node_bytes) + (_MAC_SIZE if self.secret else 0)
 
     def check_size(self, body: bytes) -> None:
         """ValueError if ``body`` would make a message over the size limit (raised in the sender)."""

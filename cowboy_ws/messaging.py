@@ -13,7 +13,7 @@ the process is on this node or another.  cowboy_ws splits it in two:
 Two implementations:
 
 * :class:`LocalBackend` (the default): there is no other node.  A Pid of
-  another node (unpickled from elsewhere) can be held and compared, but a
+  another node (named by ``(node, number)``, or unpickled) can be held and compared, but a
   message to it is dropped, like ``Pid ! Msg`` to a node that cannot be reached.
 * :class:`cowboy_ws.redis_backend.RedisBackend` (``Server(redis_url=...)``,
   ``python -m cowboy_ws --redis URL``): Redis pub/sub between nodes; see that module.

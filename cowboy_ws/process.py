@@ -44,9 +44,10 @@ def _new_node_id() -> str:
 
 #: This process's node id (Erlang's ``node()``); a forked child gets a fresh one.
 _node = _new_node_id()
-#: Local Pids whose number left the process (pickled, or announced as a group member), by number:
-#: what an unpickled Pid of this node, or a message from another node, resolves to.  Weak: a Pid
-#: that is gone is gone from here too; a Pid that never leaves the process costs nothing.
+#: Local Pids whose number left the process (pickled, sent to another node in a message, or announced
+#: as a group member), by number: what a Pid of this node coming back, or a message from another node,
+#: resolves to.  Weak: a Pid that is gone is gone from here too; a Pid that never leaves the process
+#: costs nothing.
 _registry: "weakref.WeakValueDictionary[int, Pid]" = weakref.WeakValueDictionary()
 #: The messaging backend (cowboy_ws.messaging): where messages to other nodes go.
 _backend: Backend = LocalBackend()

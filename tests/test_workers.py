@@ -183,9 +183,17 @@ def test_cli_rejects_bad_worker_counts(procs):
         out = subprocess.run([sys.executable, "-m", "cowboy_ws", "--workers", bad], capture_output=True, text=True,
                              timeout=20)
         assert out.returncode == 2 and "workers must be a positive integer" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "cowboy_ws", "--node-ttl", "1"], capture_output=True, text=True,
-                         timeout=20)
-    assert out.returncode == 2 and "--node-ttl needs --redis" in out.stderr
+    for option in (("--node-ttl", "1"), ("--cluster-secret", "s"), ("--cluster-secret-file", "f"),
+                   ("--cluster-codec", "pickle"), ("--redis-ssl-ca", "ca.pem")):
+        out = subprocess.run([sys.executable, "-m", "cowboy_ws", *option], capture_output=True, text=True,
+                             timeout=20)
+        assert out.returncode == 2 and f"{option[0]} needs --redis" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "cowboy_ws", "--redis", "redis://127.0.0.1:1/0", "--cluster-secret",
+                          "a", "--cluster-secret-file", "f"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "cowboy_ws", "--redis", "redis://127.0.0.1:1/0",
+                          "--cluster-secret-file", "/nonexistent/secret"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 2 and "--cluster-secret-file: [Errno 2]" in out.stderr
 
 
 def test_worker_id_outside_workers():
