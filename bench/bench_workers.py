@@ -33,6 +33,8 @@ subprocess (this file is also the handler module) on 127.0.0.1:
    ``--cluster-codec pickle`` without a secret (the pre-msgpack wire: pickled bodies, no MAC)
    against the default msgpack codec with ``COWBOY_WS_CLUSTER_SECRET`` set (every message
    sealed and checked), and the ratio.  Redis's own CPU is shown apart (the same work for both).
+   Then the bus path alone, in this process: what encoding, sealing, opening and applying one
+   ``pid.send`` cost in each configuration (CPU time, no sockets: steadier on a busy machine).
 
 ::
 
@@ -475,6 +477,71 @@ BUS_CONFIGS = {
 }
 
 
+class _CountingNode:
+    """A LocalNode for :func:`bus_path_alone`: counts deliveries instead of reaching connections."""
+
+    def __init__(self, node: str) -> None:
+        self.node, self.delivered = node, 0
+
+    def node_id(self) -> str:
+        return self.node
+
+    def deliver(self, pid_id: int, msg: object) -> bool:
+        self.delivered += 1
+        return True
+
+    def deliver_broadcast(self, group: object, kind: str, data: bytes, exclude_id: object) -> int:
+        self.delivered += 1
+        return 1
+
+    def membership(self) -> dict:
+        return {}
+
+    def pid(self, node: str, pid_id: int) -> object:
+        return cowboy_ws.process.pid_from_ref(node, pid_id)
+
+    def pid_ref(self, obj: object) -> object:
+        return cowboy_ws.process.pid_ref(obj)
+
+
+def bus_path_alone(n: int, repeat: int) -> None:
+    """The bus path without Redis or sockets, in this process (CPU time): what the codec and the MAC cost.
+
+    A message: the sender's ``pid.send`` (encode, size check, queue), its publisher sealing it, the
+    receiver opening, checking and applying it (the same RedisBackend methods the threads run).
+    """
+    from cowboy_ws.redis_backend import RedisBackend
+
+    def once(env: dict[str, str], args: tuple[str, ...]) -> float:
+        secret = env.get("COWBOY_WS_CLUSTER_SECRET") or None
+        codec = args[1] if args else "msgpack"
+        sender, receiver = (RedisBackend("redis://127.0.0.1:1/0", secret=secret, codec=codec) for _ in range(2))
+        sender.attach(_CountingNode("bench:1:aaaa"))
+        receiving = _CountingNode("bench:2:bbbb")
+        receiver.attach(receiving)
+        pid = cowboy_ws.process.pid_from_ref("bench:2:bbbb", 7)
+        seal, handle, queue = sender._bus.seal, receiver._handle, sender._queue
+        t0 = time.process_time()
+        for _ in range(n):
+            sender.send(pid, PAYLOAD)
+            channel, body = queue.popleft()
+            handle(channel.encode(), seal(channel, body))
+        elapsed = time.process_time() - t0
+        assert receiving.delivered == n, receiver.rejected
+        return elapsed / n * 1e6
+
+    runs: dict[str, list[float]] = {name: [] for name in BUS_CONFIGS}
+    for _ in range(repeat):
+        for name, (env, args) in BUS_CONFIGS.items():
+            runs[name].append(once(env, args))
+    print(f"  the bus path alone (in-process, no Redis: encode + seal + open + apply), {n:,} messages, "
+          f"median of {repeat}:")
+    medians = {name: statistics.median(r) for name, r in runs.items()}
+    for name, value in medians.items():
+        print(f"    {name:<16} {value:6.2f} µs/msg   (runs: " + ", ".join(f"{r:.2f}" for r in runs[name]) + ")")
+    print(f"    difference: {medians['msgpack + HMAC'] - medians['pickle, no MAC']:+.2f} µs/msg")
+
+
 def bus_compare(messages: int, repeat: int) -> None:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from redis_server import RedisServer, available
@@ -502,6 +569,7 @@ def bus_compare(messages: int, repeat: int) -> None:
                       " runs: " + ", ".join(f"{r[1]:.1f}" for r in results) + ")")
             base, new = medians["pickle, no MAC"], medians["msgpack + HMAC"]
             print(f"    CPU per message, msgpack + HMAC / pickle: {new / base:.2f}x")
+    bus_path_alone(50_000, max(repeat, 3))
 
 
 def main(argv: list[str] | None = None) -> int:

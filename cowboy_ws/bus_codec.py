@@ -54,7 +54,10 @@ import struct
 import time
 from typing import Any, Callable
 
-import msgpack
+try:
+    import msgpack
+except ImportError:  # pragma: no cover - depends on the environment
+    raise ImportError("the cluster bus needs msgpack: pip install 'cowboy-ws[redis]'") from None
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +141,11 @@ class MsgpackCodec(Codec):
         try:
             return self._packer.pack(obj)
         except ValueError as exc:  # msgpack's nesting limit
-            raise ValueError(f"message cannot be sent to another node: {exc}") from None
-        finally:
             self._packer.reset()
+            raise ValueError(f"message cannot be sent to another node: {exc}") from None
+        except BaseException:
+            self._packer.reset()  # what was packed before the refused object
+            raise
 
     def _ext(self, code: int, data: bytes) -> Any:
         if code == _EXT_TUPLE and not data:
@@ -232,7 +237,7 @@ class Bus:
         self._flags = _FLAG_MAC if self.secret else 0
         #: bytes an envelope from this node adds to a body
         self.overhead = _HEAD.size + len(self._node_bytes) + (_MAC_SIZE if self.secret else 0)
-        self._macs: dict[bytes, Any] = {}                  # name -> HMAC already fed the name
+        self._macs: dict[str | bytes, Any] = {}            # name -> HMAC already fed the name
         self._last: dict[str, tuple[int, float]] = {}      # sender -> (last sequence, when)
         self._pruned = 0.0
 
@@ -243,11 +248,15 @@ class Bus:
             raise ValueError(f"message too large for the cluster bus: {size} bytes encoded, the limit is "
                              f"{self.max_size} (cowboy_ws.bus_codec.MAX_MESSAGE_SIZE)")
 
-    def _mac(self, name: bytes) -> Any:
+    def _mac(self, name: str | bytes) -> Any:
+        """A fresh HMAC that has been fed ``name`` (cached per name, as given: str or bytes)."""
         base = self._macs.get(name)
         if base is None:
             assert self.secret is not None
-            base = self._macs[name] = hmac.new(self.secret, name + b"\n", hashlib.sha256)
+            if len(self._macs) >= 1024:  # nodes come and go (a restarted worker is a new node): stay bounded
+                self._macs.clear()
+            raw = name if isinstance(name, bytes) else name.encode()
+            base = self._macs[name] = hmac.new(self.secret, raw + b"\n", hashlib.sha256)
         return base.copy()
 
     def seal(self, name: str | bytes, body: bytes, sequence: int | None = None) -> bytes:
@@ -257,7 +266,7 @@ class Bus:
                           len(self._node_bytes)) + self._node_bytes
         if not self.secret:
             return head + body
-        mac = self._mac(name if isinstance(name, bytes) else name.encode())
+        mac = self._mac(name)
         mac.update(head)
         mac.update(body)
         return head + body + mac.digest()
@@ -282,7 +291,7 @@ class Bus:
         if self.secret:
             if not flags & _FLAG_MAC:
                 raise Rejected("unsigned")
-            mac = self._mac(name if isinstance(name, bytes) else name.encode())
+            mac = self._mac(name)
             view = memoryview(data)
             mac.update(view[:body_end])
             if not hmac.compare_digest(mac.digest(), view[body_end:]):

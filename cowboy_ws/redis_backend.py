@@ -1,6 +1,6 @@
 """Redis pub/sub between nodes: ``pid.send``, process groups and ``broadcast`` across workers and machines.
 
-Install the client with ``pip install 'cowboy-ws[redis]'`` (redis-py); serve with
+Install the client with ``pip install 'cowboy-ws[redis]'`` (redis-py and msgpack); serve with
 ``Server(routes, redis_url="redis://host:6379/0")`` or ``python -m cowboy_ws ... --redis URL``.
 Every OS process (every worker of ``--workers``, every machine) is a node with its own id
 (:func:`cowboy_ws.process.node`).
