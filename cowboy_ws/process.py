@@ -11,7 +11,8 @@ bytes to every member.
 
 Nodes.  Every OS process is a node with its own id (:func:`node`; a worker of
 ``--workers`` is one, a forked child gets a new one).  A Pid carries its node
-and its number there, and pickles as just that pair, so a Pid put in a message
+and its number there, and travels between nodes as just that pair (in the bus
+codec, :mod:`cowboy_ws.bus_codec`, and when pickled), so a Pid put in a message
 or a group can be used from any node: :meth:`Pid.send` to a Pid of another node,
 and the members other nodes have in a group, go through the messaging backend
 (:mod:`cowboy_ws.messaging`): by default none (a message to another node is
@@ -135,8 +136,9 @@ class Pid:
     def send(self, msg: Any) -> None:
         """``Pid ! Msg``: queue ``msg`` for ``websocket_info``; thread-safe, ordered, dropped if dead.
 
-        To a Pid of another node the message is pickled now (as Erlang copies it) and
-        goes through the messaging backend; an unpicklable message raises here.
+        To a Pid of another node the message is encoded now (as Erlang copies it) with the
+        bus codec and goes through the messaging backend: what the bus cannot carry raises
+        TypeError here, a message past the bus size limit ValueError (:mod:`cowboy_ws.bus_codec`).
         """
         conn = self._conn
         if conn is None:
