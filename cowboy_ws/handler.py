@@ -3,16 +3,16 @@
 A handler is a module, a class or an instance whose attributes are the callbacks of
 Cowboy's ``cowboy_websocket`` behaviour:
 
-==================  ========================================================================
-callback            required
-==================  ========================================================================
-``init``            always (``init(req, state)``)
+====================  ======================================================================
+callback              required
+====================  ======================================================================
+``init``              always (``init(req, state)``)
 ``websocket_handle``  when the handler has any ``websocket_*`` callback (Cowboy: required)
 ``websocket_info``    likewise (Cowboy: required; a message to the Pid of a handler without
                       it would otherwise crash the connection)
-``websocket_init``  optional
-``terminate``       optional
-==================  ========================================================================
+``websocket_init``    optional
+``terminate``         optional
+====================  ======================================================================
 
 A handler with ``init`` alone is a plain HTTP handler (Cowboy's ``cowboy_handler``):
 its ``init`` answers with ``("ok", req, state)``; if it asks for an upgrade anyway the

@@ -126,7 +126,7 @@ def _parse_host(value: str, scheme: str) -> tuple[str, int]:
     RFC 7230 §5.4 and RFC 3986 §3.2.2-3.2.3: the host is lower-cased, an
     IPv6 literal keeps its brackets (``"[::1]"``, as Cowboy does), a missing or
     empty port (RFC 3986 §6.2.3) gives the scheme's default. An invalid value
-    raises :class:`HandshakeError` 400.
+    raises :class:`~cowboy_ws.protocol.errors.HandshakeError` 400.
     """
     value = value.strip()
     if value.startswith("["):
@@ -310,7 +310,7 @@ class Req:
     ) -> Req:
         """Build the Req from a parsed request (``protocol.handshake.Request``).
 
-        Raises :class:`HandshakeError` 400 where Cowboy answers 400: an
+        Raises :class:`~cowboy_ws.protocol.errors.HandshakeError` 400 where Cowboy answers 400: an
         HTTP/1.1 request without Host, with several Host lines or an invalid
         Host (RFC 7230 §5.4), or a request-target that is not origin-,
         absolute- or asterisk-form (§5.3). The authority of an absolute-form
@@ -371,7 +371,7 @@ class Req:
         - ``content-length`` -> ``int`` (RFC 7230 §3.3.2)
 
         An absent header gives ``default`` (``None``, Cowboy's ``undefined``);
-        a malformed one raises :class:`HandshakeError` 400 (Cowboy answers 400).
+        a malformed one raises :class:`~cowboy_ws.protocol.errors.HandshakeError` 400 (Cowboy answers 400).
         Any other name raises :class:`ValueError`.
         """
         key = name.lower()
