@@ -61,6 +61,8 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 C_LABEL, PURE_LABEL = "cowboy_ws C", "cowboy_ws pure"
+#: cowboy_ws C with Prometheus metrics on (only when asked for: --servers cowboy_ws_c_metrics)
+METRICS_LABEL = "cowboy_ws C metrics"
 
 # --- client-side framing (independent of cowboy_ws, which others are changing) --------------------
 
@@ -849,6 +851,7 @@ class Broadcast:
 ALL_SERVERS = [  # label, script, pure kernels
     (C_LABEL, "cowboy_ws", False),
     (PURE_LABEL, "cowboy_ws", True),
+    (METRICS_LABEL, "cowboy_ws", False),
     ("picows", "picows", False),
     ("aiohttp", "aiohttp", False),
     ("websockets", "websockets", False),
@@ -885,7 +888,9 @@ def start_servers(labels: list[str], defs: dict[str, tuple[str, bool]], core: in
     servers: dict[str, ServerProc] = {}
     for lb in labels:
         script, pure = defs[lb]
-        extra = {"BENCH_PROFILE": "1"} if profile and script == "cowboy_ws" else None
+        extra = {"BENCH_PROFILE": "1"} if profile and script == "cowboy_ws" else {}
+        if lb == METRICS_LABEL:
+            extra["BENCH_METRICS"] = "1"
         try:
             servers[lb] = ServerProc(lb, script, env_for(pure=pure, compress=compress, extra=extra), core)
         except Exception as exc:  # noqa: BLE001
@@ -1001,6 +1006,8 @@ class Bench:
             key = label.replace(" ", "_").lower()
             if wanted is not None and not ({key, script} & wanted):
                 continue
+            if label == METRICS_LABEL and (wanted is None or key not in wanted):
+                continue  # opt-in: the metrics overhead, not a peer
             if label == C_LABEL and not self.has_c:
                 self.skipped[label] = f"C backend absent ({self.c_note})"
                 continue
@@ -1269,6 +1276,9 @@ class Bench:
         check("16-byte echo: C server CPU/msg <= 0.2x websockets", "echo16", cpu_ratio, C_LABEL, "websockets", 0.2,
               True, no_c)
         check("16-byte echo: pure server CPU/msg <= 0.7x picows", "echo16", cpu_ratio, PURE_LABEL, "picows", 0.7, True)
+        if METRICS_LABEL in self.defs:
+            check("16-byte echo: metrics on CPU/msg <= 1.03x metrics off", "echo16", cpu_ratio, METRICS_LABEL,
+                  C_LABEL, 1.03, True, no_c)
         check("64 KiB echo: C MB/s >= 1.0x picows", "echo64k", rate_ratio, C_LABEL, "picows", 1.0, False, no_c)
         if not self.has_c and "echo64k" in sc:
             r = rate_ratio("echo64k", PURE_LABEL, "picows")
@@ -1353,7 +1363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="about a minute: fewer messages and rounds, 2,000 idle")
     ap.add_argument("--scenarios", default="1,2,3,4,5", help="comma-separated from 1-5 (default all)")
     ap.add_argument("--servers", default="",
-                    help="comma-separated from cowboy_ws (both), cowboy_ws_c, cowboy_ws_pure, picows, aiohttp, "
+                    help="comma-separated from cowboy_ws (both), cowboy_ws_c, cowboy_ws_pure, cowboy_ws_c_metrics (C with "
+                         "--metrics-port on, only when named), picows, aiohttp, "
                          "websockets, wsproto (default all)")
     ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 5, idle 3; --quick 3, idle 2)")
     ap.add_argument("--messages", type=int, default=0,
@@ -1370,7 +1381,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=1, help="traceback depth for --idle-breakdown (default 1)")
     args = ap.parse_args(argv)
     if args.servers:
-        known = {"cowboy_ws", "cowboy_ws_c", "cowboy_ws_pure", "picows", "aiohttp", "websockets", "wsproto"}
+        known = {"cowboy_ws", "cowboy_ws_c", "cowboy_ws_pure", "cowboy_ws_c_metrics", "picows", "aiohttp",
+                 "websockets", "wsproto"}
         bad = set(args.servers.split(",")) - known
         if bad:
             ap.error(f"unknown server(s): {', '.join(sorted(bad))}")

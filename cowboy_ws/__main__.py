@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--allowed-origin", action="append", metavar="ORIGIN", dest="allowed_origins",
                      help="accept WebSocket upgrades only from this Origin (repeat for several; 'null' "
                           "allows requests without Origin); others get 403 (default: any origin)")
+    net.add_argument("--metrics-port", type=_port, metavar="PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (needs "
+                          "pip install 'cowboy-ws[metrics]'; with --workers, every worker's; default: off)")
+    net.add_argument("--metrics-host", metavar="HOST",
+                     help="the address the metrics are served on (default: --host)")
     scale = parser.add_argument_group("scaling (see docs/deployment.md)")
     scale.add_argument("--workers", type=_positive_int("workers"), metavar="N",
                        help="run N worker processes on the port (SO_REUSEPORT), each with its own loop, "
@@ -299,6 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_kwargs["handshake_timeout"] = args.handshake_timeout
     if args.allowed_origins:
         server_kwargs["allowed_origins"] = [None if o == "null" else o for o in args.allowed_origins]
+    if args.metrics_port is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            parser.error("--metrics-port needs prometheus_client: pip install 'cowboy-ws[metrics]'")
+        server_kwargs.update(metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+    elif args.metrics_host is not None:
+        parser.error("--metrics-host needs --metrics-port")
     cluster_options = ("node_ttl", "cluster_secret", "cluster_secret_file", "redis_ssl_ca", "redis_ssl_cert",
                        "redis_ssl_key")
     if args.redis_url:

@@ -119,6 +119,7 @@ class HttpConnection:
 
     def _refuse_now(self) -> None:
         """Over max_connections: a minimal answer, then close (the request is not read)."""
+        self._refused(self.refuse or 503)
         self._respond(handshake.build_refusal(self.refuse or 503, headers=[("server", self.server.server_header)],
                                               body=b"server busy\n"))
 
@@ -133,6 +134,7 @@ class HttpConnection:
         if self.handshaking or not self.buf:
             self.close()
         else:
+            self._refused(408)
             self._respond(handshake.build_refusal(408, headers=[("server", self.server.server_header)]))
 
     def _read(self) -> None:
@@ -169,12 +171,18 @@ class HttpConnection:
         except BaseException:  # a bug (or a route constraint's exit) must cost this request only, with an answer
             log.exception("[%s] error handling the request", self.cid)
             if not self.done and not self.out and not self.lingering:
+                self._refused(500)
                 self._respond(handshake.build_refusal(500, headers=[("server", self.server.server_header)]))
 
     def _refuse(self, exc: HandshakeError) -> None:
         log.info("[%s] refused %d: %s", self.cid, exc.status, exc)
         headers = list(exc.headers) + [("server", self.server.server_header)]
+        self._refused(exc.status)
         self._respond(handshake.build_refusal(exc.status, headers=headers, body=str(exc).encode() + b"\n"))
+
+    def _refused(self, status: int) -> None:
+        if self.server.stats is not None:
+            self.server.stats.refused(status)
 
     def _respond(self, data: bytes) -> None:
         """Send a final HTTP response, then close (lingering), all within LINGER_TIMEOUT."""
@@ -315,6 +323,9 @@ class HttpConnection:
 
     def _fail_request(self, handler: Any, reason: Any, req: Any, state: Any) -> None:
         """The request cannot go on (init crashed or misbehaved): answer 500, then ``terminate`` once."""
+        self._refused(500)
+        if self.server.stats is not None:
+            self.server.stats.crashes += 1
         self._respond(handshake.build_refusal(500, headers=[("server", self.server.server_header)]))
         partial = default_req_filter(req) if isinstance(req, Req) else {}
         _terminate(handler, reason, partial, state, self.cid)

@@ -41,6 +41,7 @@ from . import __version__, process
 from .http import HttpConnection
 from .loop import Loop
 from .messaging import Backend
+from .metrics import SNAPSHOT_INTERVAL, MetricsServer, Stats, StatsCollector
 from .memory import tune_malloc
 from .options import (ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE,
                       WebSocketOptions)
@@ -77,7 +78,9 @@ class Server:
                  redis_url: str | None = None, redis_prefix: str = "cowboy_ws", node_ttl: float | None = None,
                  cluster_secret: str | bytes | None = None, cluster_codec: str = "msgpack",
                  redis_ssl_ca: str | None = None, redis_ssl_cert: str | None = None,
-                 redis_ssl_key: str | None = None, messaging: Backend | None = None) -> None:
+                 redis_ssl_key: str | None = None, messaging: Backend | None = None,
+                 metrics_port: int | None = None, metrics_host: str | None = None,
+                 metrics_snapshot: str | None = None) -> None:
         self.router = routes if isinstance(routes, Router) else Router(routes)
         if isinstance(ws_options, dict):
             ws_options = WebSocketOptions().merged(ws_options)
@@ -100,6 +103,12 @@ class Server:
                                              for o in allowed_origins)
         self.server_header = f"cowboy_ws/{__version__}"
         self.loop = Loop()
+        #: The numbers behind the metrics (cowboy_ws.metrics.Stats), None when metrics are off.
+        self.stats: Stats | None = Stats() if (metrics_port is not None or metrics_snapshot is not None) else None
+        #: ``/metrics`` on ``metrics_port`` (0 picks a free one: read ``metrics.port``), served while running.
+        self.metrics: MetricsServer | None = None
+        #: Where a worker of --workers writes its numbers for the supervisor (cowboy_ws.metrics).
+        self.metrics_snapshot = metrics_snapshot
         self.connections: dict[Any, None] = {}
         #: connections counted against max_connections (refused ones that linger are not)
         self.open_connections = 0
@@ -125,6 +134,13 @@ class Server:
         else:
             self.sock = self._bind(host, port, backlog, reuse_port)
         self.host, self.port = self.sock.getsockname()[:2]
+        if metrics_port is not None:
+            try:
+                self.metrics = MetricsServer(metrics_host or host, metrics_port,
+                                             StatsCollector(lambda: [(None, self.stats.snapshot())]))  # type: ignore[union-attr]
+            except BaseException:
+                self.sock.close()
+                raise
         self.loop.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
 
     @staticmethod
@@ -239,6 +255,11 @@ class Server:
             messaging.wait_ready(MESSAGING_READY_TIMEOUT)
         log.info("cowboy_ws %s listening on %s://%s:%d (backend %s, compress %s)", __version__, scheme,
                  self.host, self.port, kernels.BACKEND, "on" if self.ws_options.compress else "off")
+        if self.metrics is not None:
+            self.metrics.start()
+            log.info("metrics on http://%s:%d/metrics", self.metrics.host, self.metrics.port)
+        if self.metrics_snapshot is not None:
+            self._write_snapshot()
         try:
             try:
                 self.loop.run()
@@ -262,6 +283,10 @@ class Server:
             except OSError:
                 pass
             self.loop.close()
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.metrics_snapshot is not None:
+                self._write_snapshot(again=False)
             if messaging is not None:  # after every connection left its groups: the others hear it
                 try:
                     messaging.stop()
@@ -270,7 +295,18 @@ class Server:
                         process.use_backend(None)
             self._stopped.set()
 
+    def _write_snapshot(self, again: bool = True) -> None:
+        """--workers: this worker's numbers to its file, every SNAPSHOT_INTERVAL seconds."""
+        try:
+            self.stats.write_snapshot(self.metrics_snapshot)  # type: ignore[union-attr, arg-type]
+        except OSError as exc:
+            log.warning("cannot write the metrics snapshot %s: %s", self.metrics_snapshot, exc)
+        if again:
+            self.loop.call_later(SNAPSHOT_INTERVAL, self._write_snapshot)
+
     def _close_after_failed_start(self) -> None:
+        if self.metrics is not None:
+            self.metrics.httpd.server_close()
         try:
             self.sock.close()
         except OSError:

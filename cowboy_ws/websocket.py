@@ -97,6 +97,8 @@ class WebSocketProcess:
         self._last_recv = self.loop.time()
         self._handle = handler.websocket_handle
         self._info = handler.websocket_info
+        #: the server's cowboy_ws.metrics.Stats, None with metrics off (each counting site tests it)
+        self.stats = server.stats
 
     def __repr__(self) -> str:
         return f"<WebSocketProcess {self.cid} {self.pid!r} {self.phase}>"
@@ -107,6 +109,9 @@ class WebSocketProcess:
         """handshake -> open: queue the 101 response, run ``websocket_init``, then the bytes that came
         with the request."""
         self.phase = check_transition(self.phase, OPEN)
+        if self.stats is not None:
+            self.stats.open += 1
+            self.stats.connections += 1
         self.sendbuf.append(handshake_response)
         self.loop.mark_dirty(self)
         self._set_interest(_READ)
@@ -137,6 +142,10 @@ class WebSocketProcess:
         if conn.state is CONN_OPEN and (cause is not None or frame is not None):
             code, payload = frame if frame is not None else RUNTIME_CLOSES[cause]  # type: ignore[index]
             conn.send_close(code, payload)
+            if self.stats is not None:
+                self.stats.closed(code, "local")
+        elif self.stats is not None:  # the peer's Close (remote), or the core failed the connection (local)
+            self.stats.closed(conn.close_code, "remote" if reason == "remote" or reason[0] == "remote" else "local")
         self._cancel_timers()
         self._close_timer = self.loop.call_later(self.opts.close_timeout / 1000.0, self._close_timed_out)
         self.loop.mark_dirty(self)
@@ -181,6 +190,13 @@ class WebSocketProcess:
             pass
         self.sendbuf.clear()
         self.server._forget(self)
+        stats = self.stats
+        if stats is not None and phase is not HANDSHAKE:
+            stats.open -= 1
+            if self._throttled:
+                stats.paused -= 1
+            if phase is OPEN:  # the TCP connection went without a Close (RFC 6455 §7.1.5: 1006)
+                stats.closed(1006, "remote")
         if phase is OPEN or phase is HANDSHAKE:
             self._end_process()
         log.debug("[%s] closed: %r", self.cid, self.reason)
@@ -368,6 +384,8 @@ class WebSocketProcess:
         if size > opts.send_high_water:
             if not self._throttled:
                 self._throttled = True
+                if self.stats is not None:
+                    self.stats.paused += 1
                 log.debug("[%s] peer is slow: %d bytes unsent, reading paused", self.cid, size)
             limit = opts.max_send_buffer
             if limit is not None and size > limit and before >= opts.send_high_water and self.phase is OPEN:
@@ -375,6 +393,8 @@ class WebSocketProcess:
                             self.cid, size, limit)
                 self._begin_close(("error", "send_buffer_overflow"), "send_buffer_overflow")
         elif size <= opts.send_low_water:
+            if self.stats is not None and self._throttled:
+                self.stats.paused -= 1
             self._throttled = False
             log.debug("[%s] send buffer drained to %d bytes, reading resumed", self.cid, size)
 
@@ -398,10 +418,18 @@ class WebSocketProcess:
     # -- dispatch ------------------------------------------------------------------
 
     def _dispatch(self, events: list) -> None:
+        stats = self.stats
         for event in events:
             if self.phase is not OPEN:
                 return
             kind = event[0]
+            if stats is not None:
+                if kind == "text":
+                    stats.in_text += 1
+                    stats.in_text_bytes += len(event[1])
+                elif kind == "binary":
+                    stats.in_binary += 1
+                    stats.in_binary_bytes += len(event[1])
             if kind == "close":
                 code, payload = event[1], event[2]
                 self._begin_close(("remote", code, payload) if code is not None else "remote")
@@ -458,6 +486,8 @@ class WebSocketProcess:
                             conn = self.conn
                             if conn.state is CONN_OPEN or conn.can_send:
                                 conn.send_message(kind, data)
+                                if self.stats is not None:
+                                    self._count_out(kind, data)
                             return
                 elif n == 2 and result[0] == "ok":
                     self.state = result[1]
@@ -468,6 +498,8 @@ class WebSocketProcess:
         except BaseException as exc:  # Erlang: a crash (error, or exit) ends this process only
             kind = crash_class(exc)
             log.error("[%s] handler %r crashed (%s)", self.cid, self.handler, kind, exc_info=exc)
+            if self.stats is not None:
+                self.stats.crashes += 1
             self._begin_close(("crash", kind, exc), "crash")
         finally:
             loop.self_pid = None
@@ -538,6 +570,8 @@ class WebSocketProcess:
             return
         if kind == "text" or kind == "binary":
             conn.send_message(kind, data)
+            if self.stats is not None:
+                self._count_out(kind, data)
         elif kind == "ping":
             conn.send_ping(data)
         else:
@@ -580,7 +614,22 @@ class WebSocketProcess:
                     conn.send_message(kind, data)
         else:
             conn.send_serialized(wire)
+        if self.stats is not None and not wire[0] & 0x08:
+            self._count_out(frame[0] if isinstance(frame, tuple) else frame, wire, broadcast=True)
         self.loop.mark_dirty(self)
+
+    def _count_out(self, kind: str, data: bytes, broadcast: bool = False) -> None:
+        """Metrics: one message sent (a broadcast's ``data`` is the whole frame: its payload is counted)."""
+        stats = self.stats
+        size = len(data)
+        if broadcast:  # header: 2 bytes, +2 from 126 bytes, +8 from 65536 (RFC 6455 §5.2)
+            size -= 2 if size < 128 else 4 if size < 65540 else 10
+        if kind == "text":
+            stats.out_text += 1  # type: ignore[union-attr]
+            stats.out_text_bytes += size  # type: ignore[union-attr]
+        else:
+            stats.out_binary += 1  # type: ignore[union-attr]
+            stats.out_binary_bytes += size  # type: ignore[union-attr]
 
     def _hibernate(self) -> None:
         """Release what an idle connection can rebuild: protocol buffers, zlib objects, an empty mailbox."""

@@ -41,9 +41,11 @@ import errno
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any, Callable
@@ -86,7 +88,8 @@ class Supervisor:
     def __init__(self, workers: int, target: Callable[[int], int | None], *, stop_timeout: float = 30.0,
                  backoff_min: float = BACKOFF_MIN, backoff_max: float = BACKOFF_MAX,
                  stable_after: float = STABLE_AFTER, on_stop: Callable[[], Any] | None = None,
-                 in_child: Callable[[], Any] | None = None) -> None:
+                 in_child: Callable[[], Any] | None = None,
+                 readers: dict[Any, Callable[[], Any]] | None = None) -> None:
         if not (isinstance(workers, int) and workers > 0):
             raise ValueError(f"workers must be a positive int, not {workers!r}")
         self.workers = workers
@@ -97,6 +100,8 @@ class Supervisor:
         self.stable_after = stable_after
         self.on_stop = on_stop
         self.in_child = in_child
+        #: sockets the parent also waits on, and what to call when one is readable (the metrics server)
+        self.readers = readers or {}
         self.children: dict[int, tuple[int, float]] = {}    # os pid -> (index, started at)
         self.restarts = 0
         self._restart_at: dict[int, float] = {}              # index -> when to start it again
@@ -144,9 +149,15 @@ class Supervisor:
                 due = min([self._kill_at, *self._restart_at.values()], default=float("inf"))
                 timeout = max(0.0, min(due - now, 1.0))
                 try:
-                    select.select([self._wake_r], [], [], timeout)
+                    ready = select.select([self._wake_r, *self.readers], [], [], timeout)[0]
                 except InterruptedError:  # pragma: no cover - PEP 475 retries
-                    pass
+                    ready = []
+                for sock in ready:
+                    if sock in self.readers:
+                        try:
+                            self.readers[sock]()
+                        except Exception:
+                            log.exception("error serving %r", sock)
                 try:
                     while self._wake_r.recv(4096):
                         pass
@@ -258,6 +269,9 @@ class Supervisor:
         assert self._wake_r is not None and self._wake_w is not None
         self._wake_r.close()
         self._wake_w.close()
+        for sock in self.readers:
+            sock.close()
+        self.readers = {}
         self.children.clear()
         if self.in_child is not None:
             self.in_child()
@@ -291,7 +305,8 @@ def run_worker(server: Any, parent: int | None = None) -> int:
 def serve(routes: Any, *, workers: int, host: str = "127.0.0.1", port: int = 8080, backlog: int = 1024,
           reuse_port: bool | None = None, stop_timeout: float | None = None,
           backoff_min: float = BACKOFF_MIN, backoff_max: float = BACKOFF_MAX,
-          on_listening: Callable[[str, int], Any] | None = None, **server_kwargs: Any) -> int:
+          on_listening: Callable[[str, int], Any] | None = None, metrics_port: int | None = None,
+          metrics_host: str | None = None, **server_kwargs: Any) -> int:
     """Run ``workers`` processes of ``Server(routes, **server_kwargs)`` on ``host:port``; returns the exit status.
 
     Blocks until SIGTERM/SIGINT.  ``reuse_port`` None: ``SO_REUSEPORT`` where the
@@ -299,7 +314,9 @@ def serve(routes: Any, *, workers: int, host: str = "127.0.0.1", port: int = 808
     and the other Redis options) makes groups, ``pid.send`` and ``broadcast`` span the
     workers.  Raises OSError if the port cannot be bound (before any worker starts), and
     :class:`cowboy_ws.redis_backend.RedisConfigError` if Redis refuses the credentials or
-    its certificate is not trusted.
+    its certificate is not trusted.  ``metrics_port``: the supervisor serves ``/metrics`` for
+    every worker there (samples labelled ``worker="i"``, at most
+    :data:`cowboy_ws.metrics.SNAPSHOT_INTERVAL` seconds old).
     """
     from .options import SHUTDOWN_GRACE
     from .server import Server
@@ -327,7 +344,22 @@ def serve(routes: Any, *, workers: int, host: str = "127.0.0.1", port: int = 808
     if stop_timeout is None:
         stop_timeout = grace + 15.0
 
+    metrics = snapshots = None
+    if metrics_port is not None:
+        from .metrics import MetricsServer, StatsCollector, read_snapshots
+        snapshots = tempfile.mkdtemp(prefix="cowboy_ws-metrics-")
+        try:
+            metrics = MetricsServer(metrics_host or host, metrics_port,
+                                    StatsCollector(lambda: read_snapshots(snapshots)))  # type: ignore[arg-type]
+        except BaseException:
+            holder.close()
+            shutil.rmtree(snapshots, ignore_errors=True)
+            raise
+        log.info("metrics of every worker on http://%s:%d/metrics", metrics.host, metrics.port)
+
     def target(index: int) -> int:
+        if snapshots is not None:
+            server_kwargs["metrics_snapshot"] = os.path.join(snapshots, f"worker-{index}.json")
         if reuse_port:
             holder.close()
             server = Server(routes, host=host, port=port, backlog=backlog, reuse_port=True, **server_kwargs)
@@ -342,9 +374,13 @@ def serve(routes: Any, *, workers: int, host: str = "127.0.0.1", port: int = 808
     if on_listening is not None:
         on_listening(host, port)
     supervisor = Supervisor(workers, target, stop_timeout=stop_timeout, backoff_min=backoff_min,
-                            backoff_max=backoff_max, on_stop=holder.close)
+                            backoff_max=backoff_max, on_stop=holder.close,
+                            readers={metrics.socket: metrics.handle} if metrics is not None else None)
     try:
         return supervisor.run()
     finally:
         holder.close()
+        if metrics is not None:
+            metrics.close()
+            shutil.rmtree(snapshots, ignore_errors=True)  # type: ignore[arg-type]
 
