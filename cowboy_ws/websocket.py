@@ -486,8 +486,14 @@ class WebSocketProcess:
                             conn = self.conn
                             if conn.state is CONN_OPEN or conn.can_send:
                                 conn.send_message(kind, data)
-                                if self.stats is not None:
-                                    self._count_out(kind, data)
+                                stats = self.stats
+                                if stats is not None:  # inline: this is the per-message path
+                                    if kind == "text":
+                                        stats.out_text += 1
+                                        stats.out_text_bytes += len(data)
+                                    else:
+                                        stats.out_binary += 1
+                                        stats.out_binary_bytes += len(data)
                             return
                 elif n == 2 and result[0] == "ok":
                     self.state = result[1]
