@@ -109,11 +109,11 @@ def check_sansio_demo() -> None:
 
 
 def check_index_echo() -> None:
-    import echo_h
-
-    with cowboy_ws.Server([("/", echo_h, None)], port=0) as server, connect(server.url + "/") as ws:
-        ws.send("hi")
-        assert ws.recv(timeout=TIMEOUT) == "echo: hi"
+    with cli(["echo_h", "--port", "0"], cwd=TUTORIAL) as (port, _):
+        for path in ("/", "/any/path"):
+            with connect(f"ws://127.0.0.1:{port}{path}") as ws:
+                ws.send("hi")
+                assert ws.recv(timeout=TIMEOUT) == "echo: hi"
 
 
 def check_tutorial_builtin_echo() -> None:
