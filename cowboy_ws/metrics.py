@@ -24,7 +24,8 @@ metric                                      type     labels
 ==========================================  =======  ==================================================
 
 A connection that ends without any Close (TCP lost) counts as ``code="1006"``, ``side="remote"``.
-Broadcast deliveries count as sent messages of each member.  With ``--workers N`` the parent
+Broadcast deliveries count as sent messages of each member.  A read's messages (and the replies they
+get on the fast path) are summed in local variables and stored once per read.  With ``--workers N`` the parent
 serves the metrics of every worker, each sample labelled ``worker="i"``; the workers write
 their numbers to a directory every :data:`SNAPSHOT_INTERVAL` seconds, so a scrape sees them at
 most that old.
@@ -69,6 +70,15 @@ class Stats:
         key = (1005 if code is None else code, side)
         self.closes[key] = self.closes.get(key, 0) + 1
 
+    def sent(self, kind: str, size: int) -> None:
+        """One message sent outside the handler's fast path (commands, broadcasts)."""
+        if kind == "text":
+            self.out_text += 1
+            self.out_text_bytes += size
+        else:
+            self.out_binary += 1
+            self.out_binary_bytes += size
+
     def refused(self, status: int) -> None:
         self.refusals[status] = self.refusals.get(status, 0) + 1
 
@@ -85,6 +95,13 @@ class Stats:
         with open(tmp, "w") as f:
             json.dump(self.snapshot(), f)
         os.replace(tmp, path)
+
+
+def payload_size(frame: bytes) -> int:
+    """The payload length of a serialized unmasked frame: its header is 2 bytes, 4 with a 126 length
+    byte, 10 with 127 (RFC 6455 §5.2)."""
+    length = frame[1] & 0x7F
+    return len(frame) - (2 if length < 126 else 4 if length == 126 else 10)
 
 
 def read_snapshots(directory: str) -> list[tuple[str, dict[str, Any]]]:
