@@ -13,13 +13,14 @@ phase                 what holds
 ``handshake``         the 101 response is built; nothing ran yet
 ``open``              the handler runs: websocket_init, then websocket_handle / websocket_info
 ``closing``           the terminate reason is decided and ``terminate`` has run; our Close (if
-                      we may still send one) is queued behind what the handler sent before;
-                      the transport writes it out and waits for the peer's Close (RFC 6455
-                      §7.1.2), at most ``close_timeout`` ms
-``draining``          the closing handshake is over (or the connection was failed, §7.1.7):
-                      we sent FIN and discard input until the peer's FIN, at most
-                      ``close_timeout`` ms from the start of ``closing``, so that closing with
-                      unread input does not reset the connection before the peer read our Close
+                      we may still send one) is queued behind what the handler sent before,
+                      and the transport writes it out (still reading, for the peer's Close)
+``draining``          our Close is written; a server sends FIN with it (plain TCP: the server
+                      closes first, RFC 6455 §7.1.1) and reads until the peer's Close, if it
+                      has not come yet, or else until the peer's FIN, discarding input past a
+                      Close, so that closing with unread input does not reset the connection
+                      before the peer read our Close; all within ``close_timeout`` ms from the
+                      start of ``closing`` (RFC 6455 §7.1.2, §7.1.7)
 ``closed``            the socket is closed and the connection forgotten
 ====================  =========================================================================
 
