@@ -349,7 +349,7 @@ def test_invalid_offer_declined_next_taken(bad: str) -> None:
 
 
 def test_server_window_bits_8_declined() -> None:
-    """DESIGN.md / RFC 7692 §5.1: zlib cannot deflate with 8 bits: decline, never answer 9."""
+    """docs/design.md / RFC 7692 §5.1: zlib cannot deflate with 8 bits: decline, never answer 9."""
     assert negotiate_server(pmd("; server_max_window_bits=8")) is None
     header, _ = negotiate_server(pmd("; server_max_window_bits=8") + pmd("; server_max_window_bits=9"))
     assert header == "permessage-deflate; server_max_window_bits=9"
@@ -467,7 +467,7 @@ def test_client_local_no_takeover() -> None:
 
 
 def test_server_with_8_bit_window_refused() -> None:
-    """DESIGN.md: the server never deflates with 8 bits; constructing such a codec is misuse."""
+    """docs/design.md: the server never deflates with 8 bits; constructing such a codec is misuse."""
     with pytest.raises(UsageError):
         PerMessageDeflate(True, DeflateParams(server_max_window_bits=8))
     PerMessageDeflate(True, DeflateParams(client_max_window_bits=8))  # inflating is fine
@@ -835,7 +835,7 @@ def test_release_anywhere_round_trip(level, bits, messages, data) -> None:
 
 
 def test_no_forbidden_imports() -> None:
-    """Sans-IO (DESIGN.md): the module touches no sockets, threads, loops or clocks."""
+    """Sans-IO (docs/design.md): the module touches no sockets, threads, loops or clocks."""
     import ast
     import inspect
 
