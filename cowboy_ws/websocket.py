@@ -26,6 +26,16 @@ pushing to a peer already behind past ``max_send_buffer`` gets the connection
 closed with 1008, reason ``("error", "send_buffer_overflow")``.  With
 ``ping_interval`` set, the server pings and closes with 1011 (reason
 ``"timeout"``) when nothing arrives within ``ping_timeout`` ms.
+
+Both roles run here (the role is the protocol connection's, ``conn.role``): a
+server's connection (:mod:`cowboy_ws.http` upgrades it) and a client's
+(:mod:`cowboy_ws.client` opens it).  The process does not know a server or a
+client manager, only its *owner* (:class:`Owner`): the loop it runs on, where
+its numbers go (``stats``) and whom to tell when its socket is closed
+(``_forget``).  The roles differ only when closing (RFC 6455 §7.1.1: the server
+closes the TCP connection first, the client waits for that) and when the
+handler's part ends (a client owner with retries left keeps the Pid and
+reconnects instead of calling ``terminate``: :meth:`Owner._connection_lost`).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from .lifecycle import CLOSED, CLOSING, DRAINING, HANDSHAKE, OPEN, check_transition, crash_class
 from .options import WebSocketOptions
@@ -62,8 +72,28 @@ RESULT_FORMS = ('("ok", state[, "hibernate"]), ("reply", frame_or_frames, state[
                 '([frame_or_command, ...], state[, "hibernate"]) or ("stop", state)')
 
 
+class Owner(Protocol):
+    """What a :class:`WebSocketProcess` needs of whoever started it: a server, or a client's manager.
+
+    ``loop`` runs the process; ``stats`` is a :class:`cowboy_ws.metrics.Stats` or None (metrics
+    off: every counting site tests it); ``_forget(process)`` is called once, when the socket is
+    closed.  A client's owner also answers ``_connection_lost(process, mailbox)`` when the
+    handler's part ends (see :meth:`WebSocketProcess._end_process`); a server is never asked.
+    """
+
+    loop: Any
+    stats: Any
+
+    def _forget(self, conn: Any) -> None: ...
+
+
 class WebSocketProcess:
-    """An upgraded connection running a Cowboy-style handler."""
+    """An upgraded connection running a Cowboy-style handler, as a server or as a client.
+
+    ``owner`` (:class:`Owner`) is the server, or the client manager of :mod:`cowboy_ws.client`;
+    ``conn.role`` says which side of the protocol this is.  ``pid``: the Pid to answer to
+    (a client that reconnects keeps one Pid over several connections); by default a new one.
+    """
 
     # Rarely changed state lives here as class-level defaults (set on the instance when it
     # changes): fewer instance attributes keep the per-message attribute loads specialized.
@@ -71,10 +101,17 @@ class WebSocketProcess:
     _ping_timer: Any = None          # keepalive (ping_interval) timer
     _close_timer: Any = None         # bounds closing + draining (close_timeout)
 
-    def __init__(self, server: Any, sock: socket.socket, handler: Any, state: Any, partial_req: dict,
-                 opts: WebSocketOptions, conn: Connection, cid: str) -> None:
-        self.server = server
-        self.loop = server.loop
+    #: The Close frame this side sent, ``(code, payload)``, once one is queued by the runtime or the handler
+    close_sent: tuple[int | None, bytes] | None = None
+    #: "server" or "client": the protocol connection's role (RFC 6455 §7.1.1: who closes TCP first)
+    role = "server"
+
+    def __init__(self, owner: Owner, sock: socket.socket, handler: Any, state: Any, partial_req: dict,
+                 opts: WebSocketOptions, conn: Connection, cid: str, *, pid: Pid | None = None) -> None:
+        self.owner = owner
+        self.loop = owner.loop
+        if conn.role != "server":
+            self.role = conn.role
         self.sock = sock
         self.handler = handler
         self.state = state
@@ -84,7 +121,7 @@ class WebSocketProcess:
         self.cid = cid
         #: the lifecycle phase (cowboy_ws.lifecycle); changed only by the transition methods
         self.phase = HANDSHAKE
-        self.pid = Pid(self, self.loop)
+        self.pid = Pid(self, self.loop) if pid is None else pid
         self.is_tls = isinstance(sock, ssl.SSLSocket)
         self.active = True                 # the handler's ("active", bool) command
         self.reason: Any = None            # terminate reason, fixed when the phase leaves open
@@ -97,22 +134,24 @@ class WebSocketProcess:
         self._last_recv = self.loop.time()
         self._handle = handler.websocket_handle
         self._info = handler.websocket_info
-        #: the server's cowboy_ws.metrics.Stats, None with metrics off (each counting site tests it)
-        self.stats = server.stats
+        #: the owner's cowboy_ws.metrics.Stats, None with metrics off (each counting site tests it)
+        self.stats = owner.stats
 
     def __repr__(self) -> str:
         return f"<WebSocketProcess {self.cid} {self.pid!r} {self.phase}>"
 
     # -- transitions (cowboy_ws.lifecycle.TRANSITIONS) --------------------------------
 
-    def start(self, initial: bytes, handshake_response: bytes) -> None:
-        """handshake -> open: queue the 101 response, run ``websocket_init``, then the bytes that came
-        with the request."""
+    def start(self, initial: bytes, handshake_response: bytes = b"") -> None:
+        """handshake -> open: queue the 101 response (a server's; a client sent its request and read
+        the answer before), run ``websocket_init``, then the bytes that came with the request or the
+        response."""
         self.phase = check_transition(self.phase, OPEN)
         if self.stats is not None:
             self.stats.open += 1
             self.stats.connections += 1
-        self.sendbuf.append(handshake_response)
+        if handshake_response:
+            self.sendbuf.append(handshake_response)
         self.loop.mark_dirty(self)
         self._set_interest(_READ)
         self._arm_idle_timer()
@@ -142,6 +181,7 @@ class WebSocketProcess:
         if conn.state is CONN_OPEN and (cause is not None or frame is not None):
             code, payload = frame if frame is not None else RUNTIME_CLOSES[cause]  # type: ignore[index]
             conn.send_close(code, payload)
+            self.close_sent = (code, payload)
             if self.stats is not None:
                 self.stats.closed(code, "local")
         elif self.stats is not None:  # the peer's Close (remote), or the core failed the connection (local)
@@ -156,9 +196,10 @@ class WebSocketProcess:
         (RFC 6455 §7.1.1): send FIN with it (plain TCP), then read until the peer's Close, if it has
         not come yet, or its FIN (within the close timer).  Input past a Close is discarded: closing
         with unread input would reset the connection, and a reset can destroy our Close before the
-        peer reads it."""
+        peer reads it.  A client sends no FIN: it reads until the server's FIN (§7.1.1: the client
+        SHOULD wait for the server to close), at most until the close timer drops TCP."""
         self.phase = check_transition(CLOSING, DRAINING)
-        if not self.is_tls:  # TLS: no FIN without close_notify; the peer closes on our Close
+        if not self.is_tls and self.role == "server":  # TLS: no FIN without close_notify; the peer closes on our Close
             try:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:
@@ -189,7 +230,7 @@ class WebSocketProcess:
         except OSError:
             pass
         self.sendbuf.clear()
-        self.server._forget(self)
+        self.owner._forget(self)
         stats = self.stats
         if stats is not None and phase is not HANDSHAKE:
             stats.open -= 1
@@ -202,8 +243,16 @@ class WebSocketProcess:
         log.debug("[%s] closed: %r", self.cid, self.reason)
 
     def _end_process(self) -> None:
-        """The handler's side of the end (on leaving open): the Pid exits, then ``terminate`` runs."""
+        """The handler's side of the end (on leaving open): the Pid exits, then ``terminate`` runs.
+
+        A client whose owner reconnects (``retry``) keeps its Pid instead: the owner gets the
+        reason and what was left in the mailbox, and the handler ``websocket_info(("down",
+        reason), state)``; ``terminate`` runs only when the client finally stops.
+        """
+        mailbox = self._mailbox
         self._mailbox = None
+        if self.role == "client" and self.owner._connection_lost(self, mailbox):
+            return
         # Cowboy exits with {shutdown, Reason} after the shutdown_reason command, else normal.
         self.pid._exit("normal" if self.shutdown_reason == "normal" else ("shutdown", self.shutdown_reason))
         terminate = getattr(self.handler, "terminate", None)
@@ -298,10 +347,10 @@ class WebSocketProcess:
         if events:
             if self.phase is OPEN:
                 self._dispatch(events)
-            elif self.phase is DRAINING and events[-1][0] == "close":
+            elif self.phase is DRAINING and events[-1][0] == "close" and self.role == "server":
                 self._finish()  # the peer's Close after our Close and FIN: the closing handshake is done
-                return
-        # the peer's Close answering ours completes the closing handshake: flush finishes (§7.1.1)
+                return          # (a client reads on until the server's FIN, RFC 6455 §7.1.1)
+        # the peer's Close answering ours completes the closing handshake: flush finishes or drains (§7.1.1)
         if conn.has_data_to_send or (self.phase is CLOSING and conn.state is CONN_CLOSED):
             self.loop.mark_dirty(self)
 
@@ -400,12 +449,13 @@ class WebSocketProcess:
 
     def _close_written(self) -> None:
         """Closing, and everything up to our Close is written: drain, or close at once over TLS when
-        the closing handshake is complete (nothing is left to read)."""
+        the closing handshake is complete (nothing is left to read).  A client always drains: it
+        waits for the server to close TCP (RFC 6455 §7.1.1)."""
         if self.phase is not CLOSING or self.conn.has_data_to_send:
             self._set_interest(self._wanted_events())
             return
         failed = type(self.reason) is tuple and self.reason[0] == "error"  # the peer may still be sending
-        if self.is_tls and self.conn.state is CONN_CLOSED and not failed:
+        if self.is_tls and self.conn.state is CONN_CLOSED and not failed and self.role == "server":
             self._finish()
         else:
             self._drain()
@@ -606,6 +656,9 @@ class WebSocketProcess:
         conn = self.conn
         if self.phase is not OPEN or not conn.can_send:
             return
+        if self.role == "client":  # a client masks each frame with its own key (RFC 6455 §5.3): no shared bytes
+            self._command(normalize_frame(frame))
+            return
         if conn.compress and not wire[0] & 0x08:  # data frames only: control frames are never compressed
             key = conn.deflate.standalone_key() if compressed is not None else None  # type: ignore[union-attr]
             out = compressed.get(key) if key is not None else None  # type: ignore[union-attr]
@@ -646,7 +699,7 @@ class WebSocketProcess:
     # -- closing -------------------------------------------------------------------
 
     def close_going_away(self) -> None:
-        """Server shutdown: close 1001 and terminate (RFC 6455 §7.4.1)."""
+        """Server shutdown (or a client stopped by its owner): close 1001 and terminate (RFC 6455 §7.4.1)."""
         self._begin_close("shutdown", "shutdown")
 
     def _close_timed_out(self) -> None:
