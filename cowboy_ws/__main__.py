@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                         help="logging level (default: %(default)s)")
-    parser.add_argument("--version", action="version", version=f"cowboy_ws {__version__}")
+    from ._backendinfo import version_text  # the backend, and how to get C when it is pure by accident
+    parser.add_argument("--version", action="version", version=version_text(__version__))
     return parser
 
 

@@ -253,8 +253,11 @@ class Server:
             messaging.start()
             # reachable from other nodes before the first connection runs (bounded: Redis may be down)
             messaging.wait_ready(MESSAGING_READY_TIMEOUT)
-        log.info("cowboy_ws %s listening on %s://%s:%d (backend %s, compress %s)", __version__, scheme,
-                 self.host, self.port, kernels.BACKEND, "on" if self.ws_options.compress else "off")
+        from ._backendinfo import pure_note  # why pure Python, how to get C (a failed C build is silent in pip)
+        note = pure_note()
+        log.info("cowboy_ws %s listening on %s://%s:%d (backend %s, compress %s)%s", __version__, scheme,
+                 self.host, self.port, kernels.BACKEND, "on" if self.ws_options.compress else "off",
+                 f"; {note}" if note else "")
         if self.metrics is not None:
             self.metrics.start()
             log.info("metrics on http://%s:%d/metrics", self.metrics.host, self.metrics.port)
