@@ -17,8 +17,10 @@ from .process import (Pid, broadcast, cancel_timer, join, leave, local_members, 
 from .req import Req  # noqa: E402
 from .router import Router  # noqa: E402
 from .server import Server, backend  # noqa: E402
+from .client import ConnectionClosed, InvalidHandshake, InvalidStatus  # noqa: E402  (also cowboy_ws.client)
 
 __all__ = [
+    "ConnectionClosed", "InvalidHandshake", "InvalidStatus",
     "Pid", "Req", "Router", "Server", "WebSocketOptions", "backend", "broadcast", "cancel_timer",
     "join", "leave", "local_members", "members", "node", "nodes", "self", "send_after", "which_groups",
     "__version__",
