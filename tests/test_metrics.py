@@ -65,10 +65,12 @@ def test_metrics_count_what_happens(app, rec):
         client.send_close(4001)
         assert client.wait_close() == (4001, b"")
         client.wait_eof()
+        client.abort()  # the server waits for the client's FIN after its own (RFC 6455 §7.1.1)
         crasher = Client.connect(server.port)
         crasher.send_text("crash")
         assert crasher.wait_close() == (1011, b"")
         crasher.wait_eof()
+        crasher.abort()
         resp, _ = http_request(server.port, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
         assert resp.status == 404
         resp, _ = http_request(server.port, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
