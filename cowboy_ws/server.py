@@ -21,6 +21,8 @@ groups and ``broadcast`` span every server (node) sharing that Redis
 (:mod:`cowboy_ws.redis_backend`; ``cluster_secret`` authenticates the bus,
 ``cluster_codec`` picks its codec, ``redis_ssl_*`` are the ``rediss://`` CA,
 certificate and key); without it everything stays in this process.
+``metrics_port=N`` serves Prometheus metrics at ``http://HOST:N/metrics``
+(:mod:`cowboy_ws.metrics`; ``metrics_host`` defaults to ``host``).
 ``sock=`` serves an already listening socket (inherited from a parent, as the
 workers of :mod:`cowboy_ws.workers` do); ``reuse_port=True`` binds with
 ``SO_REUSEPORT`` so that several processes listen on one port.
