@@ -196,15 +196,21 @@ def test_compression_negotiated_and_used(app):
     server = app(ws_options={"compress": True})
     with client.connect(url_of(server), compress=True) as ws:
         assert ws.extensions and ws.extensions[0][0] == "permessage-deflate"
+        assert "client_no_context_takeover" in dict(ws.extensions[0][1])  # offered by default, echoed
         big = b"abc" * 10000
         ws.send(("binary", big))
         assert ws.recv(WAIT) == ("binary", big)
+        assert ws._session.last_proc.conn.compress
     with client.connect(url_of(server), compress=True, deflate_opts={"server_max_window_bits": 10,
-                                                                     "client_context_takeover": False}) as ws:
+                                                                     "client_context_takeover": True}) as ws:
         params = dict(ws.extensions[0][1])
-        assert params["server_max_window_bits"] == "10" and "client_no_context_takeover" in params
+        assert params["server_max_window_bits"] == "10" and "client_no_context_takeover" not in params
         ws.send(("text", "x" * 5000))
         assert ws.recv(WAIT) == ("text", b"x" * 5000)
+    with client.connect(url_of(server)) as ws:  # not asked for: not offered
+        assert ws.extensions == []
+    with pytest.raises(ValueError, match="deflate_opts"):
+        client.connect(url_of(server), compress=True, deflate_opts={"level": 42})
 
 
 # -- blocking API: the end ------------------------------------------------------------------

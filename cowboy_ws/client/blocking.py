@@ -38,7 +38,7 @@ from ..protocol.limits import MAX_FRAME_SIZE
 from .errors import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from .opening import Opened, open_connection, parse_url
 from .options import ENV_PROXY, MAX_QUEUE, MAX_QUEUE_BYTES, MAX_REDIRECTS, ClientOptions, ws_options
-from .session import ClientSession, background_loop
+from .session import STABLE_AFTER, ClientSession, background_loop
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +449,8 @@ def connect_forever(url: str, *, retry: int | str = "infinity", retry_timeout: f
     ``kwargs`` are :func:`connect`'s.  Before each new attempt it waits ``retry_timeout`` seconds,
     doubled after each failed attempt up to ``max_retry_timeout``, each delay drawn between half of
     it and all of it.  ``retry``: how many attempts in a row may fail before the last error is
-    raised (``"infinity"``: never give up).  A refused upgrade (4xx) is raised at once unless
+    raised (``"infinity"``: never give up); a connection lost within a second (or ``retry_timeout``)
+    of opening counts as a failed attempt, and when that uses up ``retry`` the iteration ends.  A refused upgrade (4xx) is raised at once unless
     ``retry_refused``; 5xx, TLS and network errors are retried.  Asking for the next connection
     closes the current one if it is still open; leaving the loop closes it too.
     """
@@ -478,9 +479,15 @@ def connect_forever(url: str, *, retry: int | str = "infinity", retry_timeout: f
                 raise
             log.info("could not connect to %s: %s", url, exc)
             continue
-        failures = 0
+        opened_at = time.monotonic()
         try:
             yield ws
         finally:
             if ws.closed is None:
                 ws.close()
+        if time.monotonic() - opened_at >= max(STABLE_AFTER, options.retry_timeout):
+            failures = 0   # it was up long enough: a fresh budget, the first delay again
+        else:
+            failures += 1  # up and down at once: back off (and count it against retry)
+            if options.retry is not None and failures > options.retry:
+                return

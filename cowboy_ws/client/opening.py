@@ -232,23 +232,34 @@ def _tunnel_http(proxy: urllib.parse.SplitResult, url: WsURL, deadline: float) -
     return sock
 
 
-def _tunnel_socks(proxy_url: str, url: WsURL, deadline: float) -> socket.socket:
-    """SOCKS4/5 through ``python-socks`` (an optional dependency: ``pip install python-socks``)."""
+def _tunnel_socks(proxy: urllib.parse.SplitResult, url: WsURL, deadline: float) -> socket.socket:
+    """SOCKS through ``python-socks`` (an optional dependency: ``pip install 'cowboy-ws[socks]'``).
+
+    ``socks5h://`` and ``socks4a://`` let the proxy resolve the host name; ``socks5://`` and
+    ``socks4://`` resolve it here.  Credentials come from the proxy URL (SOCKS5).
+    """
     try:
         from python_socks import ProxyError as SocksError
-        from python_socks import ProxyTimeoutError
+        from python_socks import ProxyTimeoutError, ProxyType
         from python_socks.sync import Proxy
     except ImportError:
-        raise ProxyError(f"proxy {proxy_url!r} needs python-socks: pip install 'cowboy-ws[socks]'") from None
+        raise ProxyError(f"proxy {proxy.geturl()!r} needs python-socks: pip install 'cowboy-ws[socks]'") from None
     left = deadline - time.monotonic()
     if left <= 0:
         raise OpenTimeout("SOCKS proxy: open timeout")
+    scheme = proxy.scheme.lower()
+    kind = ProxyType.SOCKS5 if scheme.startswith("socks5") else ProxyType.SOCKS4
+    user = urllib.parse.unquote(proxy.username) if proxy.username is not None else None
+    password = urllib.parse.unquote(proxy.password) if proxy.password is not None else None
+    if not proxy.hostname:
+        raise ProxyError(f"proxy URL {proxy.geturl()!r} has no host")
     try:
-        sock = Proxy.from_url(proxy_url).connect(url.host, url.port, timeout=left)
+        sock = Proxy(kind, proxy.hostname, proxy.port or 1080, user, password,
+                     rdns=scheme in ("socks5h", "socks4a")).connect(url.host, url.port, timeout=left)
     except ProxyTimeoutError:
-        raise OpenTimeout(f"SOCKS proxy {proxy_url}: no tunnel within the open timeout") from None
+        raise OpenTimeout(f"SOCKS proxy {proxy.hostname}: no tunnel within the open timeout") from None
     except SocksError as exc:
-        raise ProxyError(f"SOCKS proxy {proxy_url}: {exc}") from None
+        raise ProxyError(f"SOCKS proxy {proxy.hostname}:{proxy.port or 1080}: {exc}") from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
@@ -270,8 +281,8 @@ def _open_tcp(url: WsURL, options: ClientOptions, deadline: float) -> socket.soc
     if scheme in ("http", "https"):
         return _tunnel_http(proxy, url, deadline)
     if scheme in ("socks5", "socks5h", "socks4", "socks4a"):
-        return _tunnel_socks(proxy_url if "://" in proxy_url else "http://" + proxy_url, url, deadline)
-    raise ProxyError(f"unsupported proxy scheme {scheme!r} in {proxy_url!r} (http, socks5, socks5h, socks4)")
+        return _tunnel_socks(proxy, url, deadline)
+    raise ProxyError(f"unsupported proxy scheme {scheme!r} in {proxy_url!r} (http, socks5, socks5h, socks4, socks4a)")
 
 
 def _start_tls(sock: socket.socket, url: WsURL, options: ClientOptions, deadline: float) -> ssl.SSLSocket:

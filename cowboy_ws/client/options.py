@@ -19,7 +19,7 @@ from ..protocol.deflate import DeflateOptions
 from ..protocol.errors import UsageError
 from ..protocol.headers import is_token
 
-__all__ = ["ClientOptions", "ENV_PROXY", "OPEN_TIMEOUT", "CLOSE_TIMEOUT", "MAX_REDIRECTS", "RETRY_TIMEOUT",
+__all__ = ["CLIENT_DEFLATE", "ClientOptions", "ENV_PROXY", "OPEN_TIMEOUT", "CLOSE_TIMEOUT", "MAX_REDIRECTS", "RETRY_TIMEOUT",
            "MAX_RETRY_TIMEOUT", "MAX_QUEUE", "MAX_QUEUE_BYTES", "from_handler_opts"]
 
 #: Seconds to open a connection: DNS, TCP, proxy, TLS, the HTTP upgrade and its redirects together.
@@ -51,10 +51,17 @@ class _EnvProxy:
 
 ENV_PROXY: Any = _EnvProxy()
 
+#: The client's default permessage-deflate settings, the mirror of the server's (SERVER_DEFLATE):
+#: zlib-ng level 1, no *client* context takeover, so the offer is ``permessage-deflate;
+#: client_no_context_takeover; client_max_window_bits`` (RFC 7692 §7.1.1.2, §7.1.2.2: we announce
+#: that we take no context over, and accept a window the server picks).  Our deflater is dropped
+#: after each message instead of living with every idle connection; the server keeps the choice
+#: for its own direction.  ``deflate_opts={"client_context_takeover": True}`` trades memory for ratio.
+CLIENT_DEFLATE = DeflateOptions(client_context_takeover=False)
+
 #: The client's own defaults of the WebSocket options: no idle timeout (a client connection that
-#: waits for the server is not idle by mistake; websockets has none either); permessage-deflate as
-#: offered by :func:`cowboy_ws.protocol.deflate.client_offer`, with context takeover both ways.
-CLIENT_WS_DEFAULTS = dict(idle_timeout=None, deflate_opts=DeflateOptions())
+#: waits for the server is not idle by mistake; websockets has none either) and CLIENT_DEFLATE.
+CLIENT_WS_DEFAULTS = dict(idle_timeout=None, deflate_opts=CLIENT_DEFLATE)
 
 #: Keys of the handler API's opts that are not WebSocketOptions fields.
 CLIENT_KEYS = ("subprotocols", "headers", "origin", "ssl", "open_timeout", "proxy", "max_redirects", "retry",
@@ -145,7 +152,7 @@ def ws_options(overrides: dict) -> WebSocketOptions:
     deflate = changes.get("deflate_opts")
     if isinstance(deflate, dict):
         try:
-            changes["deflate_opts"] = dataclasses.replace(DeflateOptions(), **deflate)
+            changes["deflate_opts"] = dataclasses.replace(CLIENT_DEFLATE, **deflate)
         except (TypeError, ValueError, UsageError) as exc:
             raise ValueError(f"client option deflate_opts: {exc}") from None
     return WebSocketOptions(**CLIENT_WS_DEFAULTS).merged(changes)

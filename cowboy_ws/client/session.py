@@ -52,6 +52,10 @@ __all__ = ["ClientSession", "background_loop", "failure_reason", "start", "stop"
 _cids = itertools.count(1)
 #: Messages kept for a Pid whose connection is down (reconnecting); past it new ones are dropped.
 MAX_PENDING = 100_000
+#: A connection that stayed open this long (s), or retry_timeout if longer, resets the retry budget and
+#: the backoff when it is lost; one lost sooner counts as a failed attempt (a server that accepts and
+#: fails every connection must not be hammered without end).
+STABLE_AFTER = 1.0
 
 
 # -- the background loop ------------------------------------------------------------------------
@@ -205,6 +209,7 @@ class ClientSession:
         self._retries_used = 0    # reconnections since the last connection that opened
         self._failures = 0        # failed attempts in a row (the backoff's exponent)
         self._timer: Any = None
+        self._opened_at = 0.0
         self._dropped = 0
         self.cid = f"c{next(_cids):x}"
 
@@ -254,8 +259,7 @@ class ClientSession:
         self.proc = self.last_proc = proc
         self.info = {"url": str(opened.url), "subprotocol": opened.subprotocol, "extensions": opened.extensions,
                      "headers": list(opened.response.headers)}
-        self._retries_used = 0
-        self._failures = 0
+        self._opened_at = self.loop.time()
         log.debug("[%s] connected to %s (subprotocol %s, extensions %s)", self.cid, opened.url,
                   opened.subprotocol, opened.extensions)
         proc.start(opened.rest)
@@ -312,9 +316,15 @@ class ClientSession:
         """The handler's part of ``proc`` ended with ``proc.reason``: True keeps the Pid (the session
         reconnects and the handler gets ``("down", reason)``), False lets ``proc`` end it (terminate)."""
         reason = proc.reason
+        if self.loop.time() - self._opened_at >= max(STABLE_AFTER, self.options.retry_timeout):
+            self._retries_used = 0  # it was up long enough: a fresh budget, the first delay again
+            self._failures = 0
+        else:
+            self._failures += 1     # up and down at once (a server that fails every connection): back off
         if self._done or self._stopping or not self._may_retry(reason):
             self._done = True
             self._cancel_timer()
+            self.loop.call_soon(self._release)  # after proc's terminate (the socket may be closed already)
             return False
         self.state = proc.state
         if mailbox:
