@@ -13,29 +13,40 @@ Inputs the C code does not take (non-contiguous views, other buffer types,
 odd arguments) go to the pure-Python reference, so they behave exactly alike.
 The buffer exported by ``ffi.from_buffer`` is released right after each C call
 (before any exception), so a caller's bytearray is never left locked.
+
+Typing: ``cowboy_ws._speedups`` has no stub (cffi objects are ``Any``); the aliases
+below declare what the C functions return.  The wrappers dispatch on ``cls =
+type(data)``, which mypy cannot narrow ``data`` through: those lines carry a
+``type: ignore[union-attr]`` rather than a second ``type()`` call on the hot path.
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cowboy_ws._speedups import ffi, lib  # the compiled kernels (not the runtime): absolute on purpose
+
 from . import mask as _py_mask_mod
 from .errors import InvalidUtf8
 from .frame_errors import frame_error
 from .parse import parse_frames as _py_parse_frames
+
+if TYPE_CHECKING:
+    from .parse import ParsedFrame, ParserSettings
 
 __all__ = ["Utf8Validator", "mask", "parse_frames", "parse_frames_c", "unmask_join", "validate_utf8"]
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _from_buffer = ffi.from_buffer
 _release = ffi.release
-_unpack = ffi.unpack
+_unpack: Callable[[Any, int], bytes] = ffi.unpack  # of a char[] / char *
+_unpack_ints: Callable[[Any, int], list[int]] = ffi.unpack  # of an int64_t[]
 _c_mask = lib.cw_mask
 _c_unmask_at = lib.cw_unmask_at
 _c_unmask_join = lib.cw_unmask_join
-_c_utf8_feed = lib.cw_utf8_feed
-_c_parse = lib.cw_parse_frames
+_c_utf8_feed: Callable[[Any, int, int], int] = lib.cw_utf8_feed
+_c_parse: Callable[[Any, Any, int, int, int, int, Any, int], int] = lib.cw_parse_frames
 _from_bytes = int.from_bytes
 
 # ---- masking (RFC 6455 §5.3) ---------------------------------------------------------------
@@ -49,7 +60,7 @@ _py_mask = _py_mask_mod.mask
 _py_unmask_join = _py_mask_mod.unmask_join
 
 
-def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+def mask(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
     """XOR ``data`` with the 4-byte ``key`` cycled over it (RFC 6455 §5.3); a new ``bytes``.
 
     Same contract as :func:`cowboy_ws.protocol.mask.mask`.
@@ -57,7 +68,7 @@ def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     if len(key) != 4:
         raise ValueError(f"masking key must be 4 bytes, not {len(key)}")
     cls = type(data)
-    n = data.nbytes if cls is memoryview else len(data)
+    n = data.nbytes if cls is memoryview else len(data)  # type: ignore[union-attr]
     if n < SMALL_MASK:  # the reference's own small-payload form
         return (_from_bytes(data, "little")
                 ^ _from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
@@ -67,7 +78,7 @@ def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
         out = _alloc("char[]", n)
         _c_mask(out, data, n, key)
         return _unpack(out, n)
-    if cls is not bytearray and (cls is not memoryview or not data.c_contiguous):
+    if cls is not bytearray and (cls is not memoryview or not data.c_contiguous):  # type: ignore[union-attr]
         return _py_mask(data, key)
     src = _from_buffer(data)
     out = _alloc("char[]", n)
@@ -93,7 +104,7 @@ def unmask_join(head: bytearray | bytes, offset: int, tail: bytes | bytearray | 
     n_head = len(head) - offset
     n_tail = len(t)
     h = _from_buffer(head)
-    out = _new_bytes(None, n_head + n_tail)  # uninitialised and not yet shared: filled here
+    out: bytes = _new_bytes(None, n_head + n_tail)  # uninitialised and not yet shared: filled here
     _c_unmask_join(out, h, offset, n_head, t, n_tail)
     _release(h)
     if t is not tail:
@@ -131,12 +142,12 @@ class Utf8Validator:
         character. After ``final`` (or an error) the validator is reset.
         """
         state = self._state
-        cls = type(data)
+        cls: type[bytes | bytearray | memoryview] | None = type(data)
         if cls is memoryview:
-            if not data.c_contiguous:
-                data = data.tobytes()
+            if not data.c_contiguous:  # type: ignore[union-attr]
+                data = data.tobytes()  # type: ignore[union-attr]
                 cls = bytes
-        elif state == 0 and data.isascii():
+        elif state == 0 and data.isascii():  # type: ignore[union-attr]
             cls = None
         if cls is None:
             n = len(data)
@@ -171,12 +182,12 @@ def validate_utf8(data: bytes | bytearray | memoryview) -> bool:
     """Whether ``data`` is, as a whole, valid UTF-8 (RFC 3629 §4, RFC 6455 §8.1)."""
     cls = type(data)
     if cls is bytes:
-        return data.isascii() or _c_utf8_feed(data, len(data), 0) == 0
+        return data.isascii() or _c_utf8_feed(data, len(data), 0) == 0  # type: ignore[union-attr]
     if cls is memoryview:
-        if not data.c_contiguous:
-            data = data.tobytes()
+        if not data.c_contiguous:  # type: ignore[union-attr]
+            data = data.tobytes()  # type: ignore[union-attr]
             return data.isascii() or _c_utf8_feed(data, len(data), 0) == 0
-    elif data.isascii():
+    elif data.isascii():  # type: ignore[union-attr]
         return True
     p = _from_buffer(data)
     r = _c_utf8_feed(p, len(p), 0)
@@ -200,7 +211,7 @@ _HAS_LIMIT = lib.CW_HAS_LIMIT
 _NULL = ffi.NULL
 #: Free (records, scratch) buffer pairs.  list.pop/append are atomic, so each
 #: thread (the C call releases the GIL) takes a pair of its own.
-_pool: list = []
+_pool: list[tuple[Any, Any]] = []
 
 
 def _new_bytes_ctypes() -> Any:
@@ -224,7 +235,7 @@ _LEAVE_LARGE = lib.CW_LEAVE_LARGE if _new_bytes is not None else 0
 
 def _unmask_new(src: Any, offset: int, size: int) -> bytes:
     """A new ``bytes`` of the masked payload at ``src + offset`` (its key the 4 bytes before it), unmasked."""
-    out = _new_bytes(None, size)  # uninitialised and not yet shared: filled here, before anyone sees it
+    out: bytes = _new_bytes(None, size)  # uninitialised and not yet shared: filled here, before anyone sees it
     _c_unmask_at(out, src, offset, size)  # cffi passes a bytes argument as a pointer to its data
     return out
 
@@ -235,14 +246,14 @@ def _unmask_new(src: Any, offset: int, size: int) -> bytes:
 PARSE_SMALL = 64
 
 
-def parse_frames(parser: Any, data: Any, frames: list) -> int:
+def parse_frames(parser: ParserSettings, data: bytes | bytearray | memoryview, frames: list[ParsedFrame]) -> int:
     """``FrameParser._parse`` with the C backend: :func:`parse_frames_c` unless ``data`` is short."""
     if len(data) < PARSE_SMALL:
         return _py_parse_frames(parser, data, frames)
     return parse_frames_c(parser, data, frames)
 
 
-def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
+def parse_frames_c(parser: ParserSettings, data: bytes | bytearray | memoryview, frames: list[ParsedFrame]) -> int:
     """``FrameParser._parse`` in C: append the complete frames of ``data``; return the bytes used.
 
     Every per-frame rule of RFC 6455 §5.2 is checked in the reference's order;
@@ -271,10 +282,10 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
         flags |= _RSV1_ALLOWED
     cls = type(data)
     if cls is bytes:
-        src = data
+        src: Any = data  # data itself (bytes) or a cffi buffer of it
         n = len(data)
-    elif cls is memoryview and not data.c_contiguous:
-        src = data = data.tobytes()
+    elif cls is memoryview and not data.c_contiguous:  # type: ignore[union-attr]
+        src = data = data.tobytes()  # type: ignore[union-attr]
         n = len(data)
     else:
         src = _from_buffer(data)
@@ -293,10 +304,10 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
             dst = bufs[1]
         else:
             dst = _alloc("char[]", n)
-        out = None  # where the payloads are: dst, copied out once as bytes
+        out: bytes | None = None  # where the payloads are: dst, copied out once as bytes
     else:
         dst = _NULL
-        out = data if src is data else None
+        out = data if src is data else None  # src is data: bytes
     leave = dst is not _NULL and _LEAVE_LARGE  # large payloads: unmasked by _unmask_new, one pass each
     if leave:
         flags |= _LEAVE_LARGE
@@ -306,7 +317,7 @@ def parse_frames_c(parser: Any, data: Any, frames: list) -> int:
     append = frames.append
     while True:
         c = _c_parse(src, dst, n, pos, flags, lim, rec, _CAP)
-        v = _unpack(rec, 4 + 5 * c)
+        v = _unpack_ints(rec, 4 + 5 * c)
         if c == 1:
             a = v[7]
             size = v[8] - a

@@ -35,18 +35,35 @@ payload and the reassembled message (Cowboy's ``max_frame_size``).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Literal, Union
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import closecodes
 from .deflate import PerMessageDeflate
 from .errors import FrameError, InvalidUtf8, MessageTooBig, ProtocolError, UsageError
-from .frames import (_HEAD16, _HEAD64, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameParser,
-                     frame_header, serialize_frame)
+from .frames import (
+    _HEAD16,
+    _HEAD64,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Frame,
+    FrameParser,
+    frame_header,
+    serialize_frame,
+)
+from .kernels import Utf8Validator, Utf8ValidatorType, validate_utf8
 from .limits import MAX_FRAME_SIZE
-from .kernels import Utf8Validator, validate_utf8
 
-BytesLike = Union[bytes, bytearray, memoryview]
-Event = tuple
+BytesLike = bytes | bytearray | memoryview
+#: An event (see above): a plain ``tuple`` at run time; its items depend on the kind.
+if TYPE_CHECKING:
+    Event = tuple[Any, ...]
+else:
+    Event = tuple
 Role = Literal["server", "client"]
 
 OPEN = "open"          # both directions open
@@ -131,10 +148,10 @@ class Connection:
         self._out: list[bytes] = []
         self._mask_key = (mask_key or (lambda: os.urandom(4))) if role == "client" else None
         self._msg_kind: str | None = None   # kind of the fragmented message in progress
-        self._msg_parts: list[bytes] = []
+        self._msg_parts: list[bytes | bytearray] = []
         self._msg_size = 0
         self._msg_compressed = False
-        self._utf8: Utf8Validator | None = None
+        self._utf8: Utf8ValidatorType | None = None
         self._close_reply: bytes | None = None  # automatic Close, queued behind the batch's replies
         self._partial_checked = 0               # payload bytes of an incomplete text frame already validated
 
@@ -164,8 +181,8 @@ class Connection:
 
     def _check_partial_text(self, opcode: int, rsv1: int) -> None:
         """Validate the received part of an incomplete text frame (RFC 6455 §8.1: fail fast)."""
-        if rsv1 or not (opcode == OP_TEXT and self._msg_kind is None
-                        or opcode == OP_CONT and self._msg_kind == "text" and not self._msg_compressed):
+        if rsv1 or not ((opcode == OP_TEXT and self._msg_kind is None)
+                        or (opcode == OP_CONT and self._msg_kind == "text" and not self._msg_compressed)):
             return
         chunk = self._parser.peek_partial(self._partial_checked)
         if chunk is None:
@@ -175,7 +192,7 @@ class Connection:
         self._utf8.feed(chunk)
         self._partial_checked += len(chunk)
 
-    def _handle_frames(self, frames: Any, events: list[Event]) -> None:
+    def _handle_frames(self, frames: Iterable[Frame], events: list[Event]) -> None:
         append = events.append
         try:
             for frame in frames:
@@ -198,7 +215,7 @@ class Connection:
         except ProtocolError as exc:
             self._fail(exc, events)
 
-    def _handle_frame(self, frame: tuple, events: list[Event]) -> None:
+    def _handle_frame(self, frame: Frame, events: list[Event]) -> None:
         opcode, fin, rsv1, payload = frame
         kind = _KIND.get(opcode)
         if kind is not None:
@@ -313,7 +330,7 @@ class Connection:
         if self.state is not OPEN and self._close_reply is None:
             raise UsageError(f"cannot send on a connection that is {self.state} (RFC 6455 §5.5.1)")
 
-    def send_message(self, kind: str, data: BytesLike | str | list) -> None:
+    def send_message(self, kind: str, data: BytesLike | str | list[BytesLike | str]) -> None:
         """Queue a whole text or binary message, compressed when negotiated (RFC 7692 §6)."""
         if self.state is not OPEN and self._close_reply is None:
             self._check_open()

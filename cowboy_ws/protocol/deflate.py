@@ -20,12 +20,20 @@ never silently compresses with 9 when 8 was agreed. Inflation always uses a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-try:  # zlib-ng is the intended backend; the stdlib module is a drop-in fallback.
-    from zlib_ng import zlib_ng as zlib
-except ImportError:  # pragma: no cover - exercised only without zlib-ng
-    import zlib  # type: ignore[no-redef]
+if TYPE_CHECKING:
+    # Checked against the stdlib's API, which zlib-ng's mirrors (its own stub declares ``error``
+    # as an instance, not a class, so that ``except zlib.error`` would not type-check).
+    import zlib
+
+    #: ``shared_deflaters``: (level, window bits, memory level, strategy) -> a compressobj.
+    SharedDeflaters = dict[tuple[int, int, int, int], zlib._Compress]
+else:
+    try:  # zlib-ng is the intended backend; the stdlib module is a drop-in fallback.
+        from zlib_ng import zlib_ng as zlib
+    except ImportError:  # pragma: no cover - exercised only without zlib-ng
+        import zlib
 
 from .errors import FrameError, HandshakeError, MessageTooBig, UsageError
 
@@ -170,7 +178,7 @@ def _parse_params(params: list[tuple[str, str | None]]) -> dict[str, str | None]
 
 
 def negotiate_server(
-    offers: Offers, options: DeflateOptions = DeflateOptions(), *, shared_deflaters: dict | None = None
+    offers: Offers, options: DeflateOptions = DeflateOptions(), *, shared_deflaters: SharedDeflaters | None = None
 ) -> tuple[str, PerMessageDeflate] | None:
     """Accept the first acceptable permessage-deflate offer (RFC 7692 §5.1, §7.1).
 
@@ -362,7 +370,7 @@ class PerMessageDeflate:
     """
 
     def __init__(self, is_server: bool, params: DeflateParams, options: DeflateOptions = DeflateOptions(),
-                 *, shared_deflaters: dict | None = None) -> None:
+                 *, shared_deflaters: SharedDeflaters | None = None) -> None:
         self.is_server = is_server
         #: Without context takeover our messages are independent, so one deflater can serve many
         #: connections (flushed with Z_FULL_FLUSH, which drops all history): ``shared_deflaters``
@@ -390,8 +398,8 @@ class PerMessageDeflate:
         # a smaller one (our own limit, at least 9) is always fine.
         self._send_wbits = -min(agreed_bits, max(9, own_bits))
         self._shared_key = (options.level, self._send_wbits, options.mem_level, options.strategy)
-        self._deflater: Any = None  # zlib compressobj
-        self._inflater: Any = None  # zlib decompressobj
+        self._deflater: zlib._Compress | None = None
+        self._inflater: zlib._Decompress | None = None
         #: All output of the current inflate stream while it is at most _HISTORY_LIMIT bytes (the
         #: inflater's window, RFC 7692 §7.2.2); None once past the bound or without context takeover.
         self._history: bytearray | None = None if self._recv_no_takeover else bytearray()
@@ -408,7 +416,7 @@ class PerMessageDeflate:
         """
         return self._can_compress and size >= self.options.min_size
 
-    def standalone_key(self) -> tuple | None:
+    def standalone_key(self) -> tuple[int, int, int, int, int] | None:
         """A key shared by the codecs whose compressed messages stand alone (RFC 7692 §7.2.1), else None.
 
         Without context takeover on our side a compressed message refers to no
@@ -531,7 +539,7 @@ class PerMessageDeflate:
 
     @staticmethod
     def _inflate(
-        inflater: Any,
+        inflater: zlib._Decompress,
         data: bytes | bytearray | memoryview,
         limit: int,
         pieces: list[bytes],

@@ -25,6 +25,10 @@ class ProtocolError(WebSocketError):
 
     reason = "badframe"
 
+    #: Only on the errors :meth:`.frames.FrameParser.feed` raises (declared, never set here): the
+    #: frames ``(opcode, fin, rsv1, payload)`` completed before the bad one.
+    frames: list[tuple[int, int, int, bytes]]
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.code: int = closecodes.ERROR_CODES[self.reason]

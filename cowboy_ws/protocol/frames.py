@@ -32,20 +32,24 @@ fragmented message, close payloads, UTF-8) belong to :mod:`.connection`.
 from __future__ import annotations
 
 import struct
-from typing import Union
+from typing import TYPE_CHECKING
 
 from .errors import ProtocolError, UsageError
 from .kernels import mask, parse_frames, unmask_join
 from .limits import MAX_CONTROL_PAYLOAD
 from .opcodes import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, OPCODE_NAMES
 
-BytesLike = Union[bytes, bytearray, memoryview]
+BytesLike = bytes | bytearray | memoryview
 
 __all__ = ["OPCODE_NAMES", "OP_BINARY", "OP_CLOSE", "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "Frame",
            "FrameParser", "frame_header", "serialize_frame"]
 
 #: A parsed frame: ``(opcode, fin, rsv1, payload)``; ``fin`` and ``rsv1`` are truthy ints.
-Frame = tuple
+#: (A plain ``tuple`` at run time; its shape for type checkers.)
+if TYPE_CHECKING:
+    Frame = tuple[int, int, int, bytes]
+else:
+    Frame = tuple
 
 
 class FrameParser:
@@ -109,7 +113,7 @@ class FrameParser:
         start += offset
         if n <= start:
             return None
-        part = buf[start:]
+        part: bytes | bytearray = buf[start:]
         if masked:
             key = buf[start - offset - 4:start - offset]
             shift = offset & 3
@@ -129,7 +133,7 @@ class FrameParser:
                     return frames
             pos = self._parse(data, frames)
         except ProtocolError as exc:
-            exc.frames = frames  # type: ignore[attr-defined]
+            exc.frames = frames
             raise
         if pos < len(data):
             buf += data[pos:]

@@ -57,9 +57,7 @@ Headers = list[tuple[str, str]]
 _VERSION_HEADER = ("Sec-WebSocket-Version", "13")  # RFC 6455 §4.4
 
 # Byte classes for str.translate-style checks (no per-byte Python loops).
-_TCHAR_BYTES = bytes(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+_TCHAR_BYTES = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _VCHAR_BYTES = bytes(range(0x21, 0x7F))
 _CTL_BYTES = bytes(c for c in range(0x20) if c != 0x09) + b"\x7f"  # HTAB is allowed
 _DIGITS = b"0123456789"
@@ -408,7 +406,7 @@ def build_http_response(
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = ""
-    if not 100 <= status <= 999 or any(c < " " and c != "\t" or c == "\x7f" for c in reason):
+    if not 100 <= status <= 999 or any((c < " " and c != "\t") or c == "\x7f" for c in reason):
         raise UsageError(f"bad status line: {status} {reason!r}")
     body = bytes(body)
     drop = {"content-length"} if keep_alive else {"content-length", "connection"}

@@ -84,7 +84,7 @@ class _Scanner:
     def quoted_string(self) -> str:
         """RFC 7230 §3.2.6: DQUOTE *( qdtext / quoted-pair ) DQUOTE, unescaped."""
         text, pos = self.text, self.pos + 1  # past the opening DQUOTE
-        out = []
+        out: list[str] = []
         while pos < len(text):
             c = text[pos]
             if c == '"':

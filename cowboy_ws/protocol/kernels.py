@@ -21,13 +21,27 @@ whole package has no import cycle).
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
 from .mask import mask, unmask_join
 from .parse import parse_frames
-from .utf8 import Utf8Validator, validate_utf8
+from .utf8 import Utf8Validator as _PyUtf8Validator
+from .utf8 import validate_utf8
 
-__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "mask", "parse_frames", "pure_forced", "unmask_join",
-           "validate_utf8"]
+__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "Utf8ValidatorType", "mask", "parse_frames", "pure_forced",
+           "unmask_join", "validate_utf8"]
+
+
+class Utf8ValidatorType(Protocol):
+    """The API both backends' incremental UTF-8 validators share (for type annotations)."""
+
+    def reset(self) -> None: ...
+
+    def feed(self, data: bytes | bytearray | memoryview, final: bool = False) -> None: ...
+
+
+#: The incremental UTF-8 validator class of the backend (RFC 6455 §8.1).
+Utf8Validator: type[Utf8ValidatorType] = _PyUtf8Validator
 
 #: ``"c"`` or ``"python"``.
 BACKEND = "python"
@@ -48,9 +62,9 @@ else:
     except ImportError as exc:  # not built (COWBOY_WS_SPEEDUPS=no, no compiler) or broken
         C_UNAVAILABLE = f"cowboy_ws._speedups does not import: {exc}"
     else:
-        mask = _ckernels.mask  # noqa: F811
-        unmask_join = _ckernels.unmask_join  # noqa: F811
-        Utf8Validator = _ckernels.Utf8Validator  # type: ignore[misc]  # noqa: F811
-        validate_utf8 = _ckernels.validate_utf8  # noqa: F811
-        parse_frames = _ckernels.parse_frames  # noqa: F811
+        mask = _ckernels.mask
+        unmask_join = _ckernels.unmask_join
+        Utf8Validator = _ckernels.Utf8Validator
+        validate_utf8 = _ckernels.validate_utf8
+        parse_frames = _ckernels.parse_frames
         BACKEND = "c"

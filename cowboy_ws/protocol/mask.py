@@ -28,7 +28,7 @@ TRANSLATE_THRESHOLD = 416
 _from_bytes = int.from_bytes
 
 
-def mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+def mask(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
     """XOR ``data`` with the 4-byte ``key`` cycled over it (RFC 6455 §5.3).
 
     Masking and unmasking are the same operation. Any bytes-like ``data`` is

@@ -16,23 +16,50 @@ import cycle.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import TYPE_CHECKING
 
-from .frame_errors import (E_CTRL_FRAG, E_CTRL_LONG, E_LEN16, E_LEN64, E_LEN64_TOP, E_MASKED, E_OPCODE, E_RSV1,
-                           E_RSV1_CTRL, E_RSV23, E_TOO_BIG, E_UNMASKED, frame_error)
+from .frame_errors import (
+    E_CTRL_FRAG,
+    E_CTRL_LONG,
+    E_LEN16,
+    E_LEN64,
+    E_LEN64_TOP,
+    E_MASKED,
+    E_OPCODE,
+    E_RSV1,
+    E_RSV1_CTRL,
+    E_RSV23,
+    E_TOO_BIG,
+    E_UNMASKED,
+    frame_error,
+)
 from .limits import MAX_CONTROL_PAYLOAD
 from .mask import TRANSLATE_THRESHOLD, mask
 from .opcodes import OP_BINARY, OP_TEXT, OPCODE_NAMES
 
 __all__ = ["parse_frames"]
 
-BytesLike = Union[bytes, bytearray, memoryview]
+BytesLike = bytes | bytearray | memoryview
+
+if TYPE_CHECKING:  # types only: this module imports no other module of the package than its leaves
+    from typing import Protocol
+
+    #: A parsed frame, ``(opcode, fin, rsv1, payload)``: :data:`.frames.Frame` (``fin``, ``rsv1`` truthy ints).
+    ParsedFrame = tuple[int, int, int, bytes]
+
+    class ParserSettings(Protocol):
+        """What a parse reads of its :class:`.frames.FrameParser`."""
+
+        mask_required: bool
+        rsv1_allowed: bool
+        max_frame_size: int | None
+        _buf: bytearray
 
 _KNOWN_OPCODES = frozenset(OPCODE_NAMES)
 _DATA_START = frozenset({OP_TEXT, OP_BINARY})
 
 
-def parse_frames(parser: Any, data: BytesLike, frames: list) -> int:
+def parse_frames(parser: ParserSettings, data: BytesLike, frames: list[ParsedFrame]) -> int:
     """Append the complete frames at the start of ``data`` to ``frames``; return the bytes they take.
 
     ``parser`` (a :class:`.frames.FrameParser`) gives the settings:
