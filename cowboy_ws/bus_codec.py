@@ -52,7 +52,8 @@ import logging
 import pickle
 import struct
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 try:
     import msgpack
@@ -118,7 +119,7 @@ class MsgpackCodec(Codec):
     name = "msgpack"
     tag = b"m"
 
-    def __init__(self, pid_ref: Callable[[Any], "tuple[str, int] | None"],
+    def __init__(self, pid_ref: Callable[[Any], tuple[str, int] | None],
                  make_pid: Callable[[str, int], Any]) -> None:
         self._pid_ref = pid_ref
         self._make_pid = make_pid
@@ -190,7 +191,7 @@ class PickleCodec(Codec):
         return pickle.loads(data)
 
 
-def make_codec(name: str, pid_ref: Callable[[Any], "tuple[str, int] | None"],
+def make_codec(name: str, pid_ref: Callable[[Any], tuple[str, int] | None],
                make_pid: Callable[[str, int], Any]) -> Codec:
     """The codec called ``name`` (one of :data:`CODECS`)."""
     if name == "msgpack":

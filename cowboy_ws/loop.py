@@ -24,7 +24,8 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ READ_BUFFER_OFFSET = 2048
 _current = threading.local()
 
 
-def current_loop() -> "Loop | None":
+def current_loop() -> Loop | None:
     """The loop running on this thread, if any."""
     return getattr(_current, "loop", None)
 
@@ -54,7 +55,7 @@ class Timer:
 
     __slots__ = ("when", "callback", "args", "cancelled", "_loop")
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: "Loop | None" = None) -> None:
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: Loop | None = None) -> None:
         self.when = when
         self.callback = callback
         self.args = args
@@ -91,12 +92,16 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 if getattr(selectors, "EpollSelector", None) is selectors.DefaultSelector:
     _NOT_IN, _NOT_OUT = ~select.EPOLLIN, ~select.EPOLLOUT
 
-    class _EpollSelector(selectors.EpollSelector):  # type: ignore[name-defined,misc]
+    class _EpollSelector(selectors.EpollSelector):
         """The stdlib's epoll selector with a leaner :meth:`select`, called once per loop round.
 
         Same result as ``selectors.EpollSelector.select`` (its code, less a helper call per
         ready fd): less CPU per loop round (measured: bench/README.md).
         """
+
+        # the stdlib selector's internals that select() reads (checked by _new_selector)
+        _fd_to_key: dict[int, selectors.SelectorKey]
+        _selector: select.epoll
 
         def select(self, timeout: float | None = None) -> list:
             if timeout is None:

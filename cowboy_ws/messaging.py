@@ -38,7 +38,8 @@ changes): they only queue, and must not call back into :class:`LocalNode`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Hashable, Protocol
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from .process import Pid
@@ -61,10 +62,10 @@ class LocalNode(Protocol):
     def membership(self) -> dict[Hashable, list[int]]:
         """``{group: [pid number, ...]}`` of this node's Pids."""
 
-    def pid(self, node: str, pid_id: int) -> "Pid":
+    def pid(self, node: str, pid_id: int) -> Pid:
         """The Pid named by ``(node, number)``: the live one if it is a local Pid, else a name for it."""
 
-    def pid_ref(self, obj: Any) -> "tuple[str, int] | None":
+    def pid_ref(self, obj: Any) -> tuple[str, int] | None:
         """``(node, number)`` if ``obj`` is a Pid (a local one stays findable by number), else None."""
 
 
@@ -75,7 +76,7 @@ class Backend:
     name = "local"
 
     #: the process side, set by :meth:`attach`
-    local: "LocalNode | None" = None
+    local: LocalNode | None = None
 
     def attach(self, local: LocalNode) -> None:
         """Called by :func:`cowboy_ws.process.use_backend` before :meth:`start`: the process side."""
@@ -98,23 +99,23 @@ class Backend:
 
     # -- outgoing ----------------------------------------------------------------------------
 
-    def send(self, pid: "Pid", msg: Any) -> None:
+    def send(self, pid: Pid, msg: Any) -> None:
         """``pid.send(msg)`` for a Pid of another node (local Pids never come here).
 
         Raises (in the sender) TypeError for a message the bus cannot carry, ValueError for
         one over its size limit.
         """
 
-    def joined(self, group: Hashable, pid: "Pid") -> None:
+    def joined(self, group: Hashable, pid: Pid) -> None:
         """A local Pid joined ``group`` (it was not a member)."""
 
-    def left(self, group: Hashable, pid: "Pid") -> None:
+    def left(self, group: Hashable, pid: Pid) -> None:
         """A local Pid left ``group`` (it was a member)."""
 
-    def exited(self, pid: "Pid", groups: list) -> None:
+    def exited(self, pid: Pid, groups: list) -> None:
         """A local Pid that was in ``groups`` exited: it left all of them."""
 
-    def broadcast(self, group: Hashable, kind: str, data: bytes, exclude: "Pid | None") -> int:
+    def broadcast(self, group: Hashable, kind: str, data: bytes, exclude: Pid | None) -> int:
         """Send a frame (validated and flattened already) to the members of ``group`` on other nodes.
 
         Returns how many remote members it was sent to (as far as this node knows).
@@ -125,7 +126,7 @@ class Backend:
 
     # -- queries -----------------------------------------------------------------------------
 
-    def remote_members(self, group: Hashable) -> "list[Pid]":
+    def remote_members(self, group: Hashable) -> list[Pid]:
         """Members of ``group`` on other nodes, as this node last heard."""
         return []
 

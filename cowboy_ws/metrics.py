@@ -37,7 +37,8 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,18 @@ class Stats:
     """One server's numbers, written on its loop thread, read by the scrape."""
 
     __slots__ = ("open", "paused", *_COUNTERS, "closes", "refusals")
+
+    # the counters, set from _COUNTERS in __init__ (declared for type checkers)
+    connections: int
+    in_text: int
+    in_binary: int
+    in_text_bytes: int
+    in_binary_bytes: int
+    out_text: int
+    out_binary: int
+    out_text_bytes: int
+    out_binary_bytes: int
+    crashes: int
 
     def __init__(self) -> None:
         self.open = 0          # gauge: upgraded and not closed
@@ -106,7 +119,7 @@ def payload_size(frame: bytes) -> int:
 
 def read_snapshots(directory: str) -> list[tuple[str, dict[str, Any]]]:
     """``[(worker, snapshot), ...]`` from the files workers wrote in ``directory`` (unreadable ones skipped)."""
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     try:
         names = sorted(os.listdir(directory))
     except OSError:
@@ -170,8 +183,8 @@ class StatsCollector:
 class _QuietHandler(WSGIRequestHandler):
     timeout = REQUEST_TIMEOUT
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        log.debug("metrics: " + format, *args)
+    def log_message(self, format: str, *args: Any) -> None:  # "format": the stdlib's name
+        log.debug("metrics: " + format, *args)  # noqa: G003 - the stdlib's own format string, prefixed
 
 
 class MetricsServer:
@@ -189,7 +202,7 @@ class MetricsServer:
         # auto_describe off: the gauge cowboy_ws_connections and the counter cowboy_ws_connections_total
         # are two names in the text format, which the registry's name check would take for one.
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(collector)  # type: ignore[arg-type]
+        registry.register(collector)
 
         def app(environ: dict, start_response: Callable[..., Any]) -> list[bytes]:
             if environ.get("PATH_INFO") not in ("/metrics", "/"):
@@ -212,7 +225,7 @@ class MetricsServer:
         """Answer one request (the listening socket is readable)."""
         self.httpd.handle_request()
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                         name=f"cowboy_ws-metrics:{self.port}", daemon=True)
         self._thread.start()

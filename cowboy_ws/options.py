@@ -13,7 +13,8 @@ line, never unbounded memory or a spinning loop.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .protocol.deflate import DeflateOptions
 from .protocol.errors import UsageError
@@ -86,13 +87,13 @@ def _limit(name: str, value: Any, minimum: int) -> int | None:
         return None
     if not _is_int(value) or value < minimum:
         raise ValueError(f"websocket option {name}: expected an int >= {minimum} or 'infinity', not {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _int(name: str, value: Any, minimum: int) -> int:
     if not _is_int(value) or value < minimum:
         raise ValueError(f"websocket option {name}: expected an int >= {minimum}, not {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _check_ignored(name: str, value: Any) -> None:
@@ -159,10 +160,10 @@ class WebSocketOptions:
         for name, value in self.ignored:
             _check_ignored(name, value)
 
-    def replace(self, **changes: Any) -> "WebSocketOptions":
+    def replace(self, **changes: Any) -> WebSocketOptions:
         return dataclasses.replace(self, **changes)
 
-    def merged(self, overrides: dict | None) -> "WebSocketOptions":
+    def merged(self, overrides: dict | None) -> WebSocketOptions:
         """These options with ``overrides`` (a Cowboy-style opts map) applied; unknown keys raise."""
         if not overrides:
             return self

@@ -29,7 +29,8 @@ import secrets
 import socket
 import threading
 import weakref
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 from .loop import Loop, current_loop
 from .messaging import Backend, LocalBackend
@@ -49,7 +50,7 @@ _node = _new_node_id()
 #: as a group member), by number: what a Pid of this node coming back, or a message from another node,
 #: resolves to.  Weak: a Pid that is gone is gone from here too; a Pid that never leaves the process
 #: costs nothing.
-_registry: "weakref.WeakValueDictionary[int, Pid]" = weakref.WeakValueDictionary()
+_registry: weakref.WeakValueDictionary[int, Pid] = weakref.WeakValueDictionary()
 #: The messaging backend (cowboy_ws.messaging): where messages to other nodes go.
 _backend: Backend = LocalBackend()
 
@@ -82,10 +83,10 @@ class Pid:
         #: None while alive; then ``"normal"``, or ``("shutdown", x)`` after the ``shutdown_reason`` command
         self.exit_reason: Any = None
         self._conn = conn
-        self._loop = loop
+        self._loop: Loop | None = loop  # None for another node's Pid (or an unpickled dead one)
 
     @classmethod
-    def _named(cls, node_id: str, pid_id: int) -> "Pid":
+    def _named(cls, node_id: str, pid_id: int) -> Pid:
         """A Pid that is not (or no longer) a connection of this process: remote, or local and dead."""
         pid = cls.__new__(cls)
         pid.id = pid_id
@@ -105,7 +106,7 @@ class Pid:
             return True
         if other.__class__ is not Pid:
             return NotImplemented
-        return self.id == other.id and self.node == other.node  # type: ignore[attr-defined]
+        return self.id == other.id and self.node == other.node
 
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
@@ -145,10 +146,11 @@ class Pid:
             if self.node != _node:
                 _backend.send(self, msg)
             return
-        if self._loop.in_loop_thread():
+        # a Pid with a connection has its loop
+        if self._loop.in_loop_thread():  # type: ignore[union-attr]
             conn.deliver(msg)
         else:
-            self._loop.call_soon_threadsafe(self._deliver, msg)
+            self._loop.call_soon_threadsafe(self._deliver, msg)  # type: ignore[union-attr]
 
     def _deliver(self, msg: Any) -> None:
         conn = self._conn
@@ -398,7 +400,7 @@ def _fanout(targets: list[Pid], frame: Any, wire: bytes) -> None:
         conn = pid._conn
         if conn is None:
             continue
-        loop = pid._loop
+        loop: Loop = pid._loop  # type: ignore[assignment]  # a Pid with a connection has its loop
         if loop.thread_id == me:
             conn.send_broadcast(frame, wire, compressed)
         else:

@@ -65,7 +65,8 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any, Hashable
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
 
 from .bus_codec import MIN_SECRET_BYTES, REPLAY_SLACK, Bus, Codec, PickleCodec, Rejected, make_codec
 from .messaging import Backend, LocalNode
@@ -221,7 +222,7 @@ class RedisBackend(Backend):
     def from_server_options(cls, redis_url: str, *, redis_prefix: str = DEFAULT_PREFIX,
                             node_ttl: float | None = None, cluster_secret: str | bytes | None = None,
                             cluster_codec: str = "msgpack", redis_ssl_ca: str | None = None,
-                            redis_ssl_cert: str | None = None, redis_ssl_key: str | None = None) -> "RedisBackend":
+                            redis_ssl_cert: str | None = None, redis_ssl_key: str | None = None) -> RedisBackend:
         """The backend for :class:`cowboy_ws.Server`'s (and ``workers.serve``'s) keyword arguments."""
         return cls(redis_url, prefix=redis_prefix, node_ttl=NODE_TTL if node_ttl is None else node_ttl,
                    secret=cluster_secret, codec=cluster_codec, ssl_ca_certs=redis_ssl_ca,
@@ -701,7 +702,7 @@ class RedisBackend(Backend):
         if not nodes or time.monotonic() < self._grace_until:
             return
         keys = [self._hb_key(node) for node in nodes]
-        for node, key, value in zip(nodes, keys, client.mget(keys)):
+        for node, key, value in zip(nodes, keys, client.mget(keys), strict=False):
             if not self._alive(node, key, value):
                 self._drop(node, f"is gone (no heartbeat within {self.node_ttl:g}s)")
 

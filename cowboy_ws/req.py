@@ -93,10 +93,15 @@ _FIELDS: frozenset[str] = frozenset(
 class _RequestLike(Protocol):
     """What :meth:`Req.from_request` reads (``protocol.handshake.Request``)."""
 
-    method: str
-    target: str
-    version: Any
-    headers: Sequence[tuple[str, Any]]
+    # read-only (properties), so that a Request's list of (str, str) pairs matches
+    @property
+    def method(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def version(self) -> Any: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, Any]]: ...
 
 
 def default_port(scheme: str) -> int:
@@ -115,7 +120,7 @@ def _text(value: Any) -> str:
 
 def _norm_version(version: Any) -> str:
     if isinstance(version, tuple):
-        return "HTTP/%d.%d" % version
+        return "HTTP/%d.%d" % version  # noqa: UP031 - as before: a tuple of any 2 numbers, else TypeError
     v = _text(version)
     return v if v.upper().startswith("HTTP/") else "HTTP/" + v
 

@@ -44,15 +44,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from .handler import HandlerError, check_handler
 
 __all__ = ["Match", "Route", "Router", "split_host", "split_path"]
 
-Constraint = Union[str, Callable[[Any], Any], Sequence[Union[str, Callable[[Any], Any]]]]
-Constraints = Union[Mapping[str, Constraint], Sequence[tuple[str, Constraint]], None]
+Constraint = str | Callable[[Any], Any] | Sequence[str | Callable[[Any], Any]]
+Constraints = Mapping[str, Constraint] | Sequence[tuple[str, Constraint]] | None
 
 
 class _Sentinel:
@@ -76,7 +76,7 @@ class _Bind:
     name: str
 
 
-_Segment = Union[str, _Bind, _Sentinel]
+_Segment = str | _Bind | _Sentinel
 _BAD_PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _INT = re.compile(r"[+-]?[0-9]+")
 

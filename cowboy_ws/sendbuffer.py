@@ -13,9 +13,8 @@ from __future__ import annotations
 import socket
 import ssl
 from collections import deque
-from typing import Union
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 #: Buffers smaller than this are joined into one ``send`` (many small frames for a slow peer).
 COALESCE = 65536

@@ -48,7 +48,8 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ def serve(routes: Any, *, workers: int, host: str = "127.0.0.1", port: int = 808
         snapshots = tempfile.mkdtemp(prefix="cowboy_ws-metrics-")
         try:
             metrics = MetricsServer(metrics_host or host, metrics_port,
-                                    StatsCollector(lambda: read_snapshots(snapshots)))  # type: ignore[arg-type]
+                                    StatsCollector(lambda: read_snapshots(snapshots)))
         except BaseException:
             holder.close()
             shutil.rmtree(snapshots, ignore_errors=True)
