@@ -583,3 +583,42 @@ def test_client_info(app, calls):
     assert client.info(pid) == got[0]
     client.stop(pid)
     calls.wait_count("terminate")
+
+
+# -- the client's framing shortcut ---------------------------------------------------------
+
+
+def test_client_protocol_frames_are_the_reference_bytes():
+    """ClientProtocol's one-expression small frame equals serialize_frame's, for every size and bit."""
+    import os
+    from cowboy_ws.client.session import ClientProtocol
+    from cowboy_ws.protocol.connection import Connection
+    from cowboy_ws.protocol.frames import FrameParser
+
+    keys = [os.urandom(4) for _ in range(4000)]
+    for n in [*range(0, 131), 300, 70_000]:
+        data = os.urandom(n)
+        fast_keys, ref_keys = iter(keys), iter(keys)
+        fast = ClientProtocol("client", mask_key=lambda: next(fast_keys))
+        ref = Connection("client", mask_key=lambda: next(ref_keys))
+        for opcode in (0x1, 0x2) + ((0x9, 0xA) if n <= 125 else ()):
+            for rsv1 in (False, True):
+                frame = fast._frame(opcode, data, rsv1)
+                assert frame == ref._frame(opcode, data, rsv1)
+                parsed = FrameParser(mask_required=True, max_frame_size=None, rsv1_allowed=True).feed(frame)
+                assert [(p[0], bool(p[2]), bytes(p[3])) for p in parsed] == [(opcode, rsv1, data)]
+
+
+def test_masking_keys_come_from_urandom_in_blocks():
+    from cowboy_ws.client.session import mask_keys
+    from cowboy_ws.loop import Loop
+
+    loop = Loop()
+    try:
+        keys = mask_keys(loop)
+        assert mask_keys(loop) is keys
+        drawn = [keys() for _ in range(3000)]  # several 256-key blocks
+        assert all(type(k) is bytes and len(k) == 4 for k in drawn)
+        assert len(set(drawn)) > 2990  # 32-bit keys: a few collisions at most
+    finally:
+        loop.close()

@@ -14,9 +14,10 @@ handshake within ``close_timeout``, every limit).  The inbox hands each InFrame,
   answers ``("active", False)`` and the socket is no longer read (the server's data waits in TCP
   buffers: backpressure, bounded memory); :meth:`recv` reactivates it below a quarter of both.
 * :meth:`~ClientConnection.send` checks the frame on the caller's thread (a bad one raises there)
-  and queues it for the loop with ``call_soon_threadsafe``: safe from any thread, in order, and
-  the sends of one thread's burst leave in one ``send`` system call (the loop flushes once a round).
-  A sender waits while more than ``send_high_water`` bytes are unsent (the peer does not read).
+  and appends it to an :class:`Outbox` whose drain the loop runs once per burst (one
+  ``call_soon_threadsafe``, not one per message): safe from any thread, in order, and the sends of
+  a burst leave in one ``send`` system call.  A sender waits while more than ``send_high_water``
+  bytes are unsent (the peer does not read).
 
 A frame tuple crosses threads as it is: no copy, no per-message lock.
 """
@@ -145,21 +146,54 @@ class Inbox:
                     break
 
 
-def _send_data(session: ClientSession, kind: str, data: bytes) -> None:
-    """On the loop: one text or binary message (the common case of send())."""
-    proc = session.proc
-    if proc is not None and proc.phase is OPEN and proc.conn.can_send:
-        proc.conn.send_message(kind, data)
-        proc.loop.mark_dirty(proc)
+class Outbox:
+    """What callers' threads send, in order, for the loop thread to frame: ``(kind, data)`` for a
+    text or binary message, or a list of normalized frames ``(kind, data, code)``.
 
+    One callback per batch, not per message: a sender appends, and schedules :meth:`drain` only
+    when none is pending.  The loop clears ``scheduled`` *before* it drains, so an item appended
+    after the drain started is either drained by it or finds ``scheduled`` false and schedules
+    another (deque appends and pops are atomic).
+    """
 
-def _send_frames(session: ClientSession, frames: list) -> None:
-    """On the loop: normalized frames (``(kind, data, code)``), a close among them included."""
-    proc = session.proc
-    for frame in frames:
+    __slots__ = ("items", "scheduled", "session", "post")
+
+    def __init__(self, session: ClientSession, post: Any) -> None:
+        self.items: deque = deque()
+        self.scheduled = False
+        self.session = session
+        self.post = post
+
+    def put(self, item: Any) -> None:
+        """Any thread."""
+        self.items.append(item)
+        if not self.scheduled:
+            self.scheduled = True
+            self.post(self.drain)
+
+    def drain(self) -> None:
+        """The loop thread: frame everything queued, on the open connection (else it is dropped)."""
+        self.scheduled = False
+        items = self.items
+        proc = self.session.proc
         if proc is None or proc.phase is not OPEN:
+            items.clear()
             return
-        proc._command(frame)
+        conn = proc.conn
+        for _ in range(len(items)):
+            item = items.popleft()
+            if type(item) is tuple:
+                if conn.can_send:
+                    conn.send_message(item[0], item[1])
+            else:
+                for frame in item:
+                    if proc.phase is not OPEN:
+                        break
+                    proc._command(frame)
+            if proc.phase is not OPEN:
+                items.clear()
+                break
+        proc.loop.mark_dirty(proc)
 
 
 def _resume(session: ClientSession) -> None:
@@ -205,6 +239,7 @@ class ClientConnection:
         self._post = loop.call_soon_threadsafe
         self._closing = False
         self._post(session.begin, opened)
+        self._put = Outbox(session, self._post).put
 
     def __repr__(self) -> str:
         state = "closed" if self._inbox.closed is not None else "open"
@@ -222,22 +257,23 @@ class ClientConnection:
         :class:`ConnectionClosed` once the connection is closed or closing.  Blocks while more than
         ``send_high_water`` bytes wait for a peer that does not read.
         """
-        inbox = self._inbox
-        if inbox.closed is not None or self._closing:
+        if self._inbox.closed is not None or self._closing:
             raise self._closed_error()
         if type(message) is tuple and len(message) == 2:
             kind, data = message
             if type(data) is bytes and (kind == "text" or kind == "binary"):
-                self._backpressure()
-                self._post(_send_data, self._session, kind, data)
+                proc = self._session.proc
+                if proc is not None and proc.sendbuf.size > self._high:
+                    self._backpressure()
+                self._put(message)
                 return
         if isinstance(message, str) and message not in ("close", "ping", "pong"):
             self._backpressure()
-            self._post(_send_data, self._session, "text", message.encode())
+            self._put(("text", message.encode()))
             return
         if isinstance(message, (bytes, bytearray, memoryview)):
             self._backpressure()
-            self._post(_send_data, self._session, "binary", bytes(message))  # a snapshot for the loop thread
+            self._put(("binary", bytes(message)))  # a snapshot for the loop thread
             return
         items = message if isinstance(message, list) else [message]
         frames = normalize([("text", m) if isinstance(m, str) and m not in ("close", "ping", "pong")
@@ -246,7 +282,7 @@ class ClientConnection:
         if any(frame[0] == "close" for frame in frames):
             self._closing = True
         self._backpressure()
-        self._post(_send_frames, self._session, frames)
+        self._put(frames)
 
     def _backpressure(self) -> None:
         proc = self._session.proc
@@ -340,7 +376,7 @@ class ClientConnection:
         frame = normalize_frame(("close", code, reason))
         if self._inbox.closed is None and not self._closing:
             self._closing = True
-            self._post(_send_frames, self._session, [frame])
+            self._put([frame])
         if not self._session.finished.wait(self._close_wait):  # pragma: no cover - the loop's timer drops TCP
             log.warning("closing %s did not finish within %.1f s", self.url, self._close_wait)
 
