@@ -605,6 +605,8 @@ def test_client_protocol_frames_are_the_reference_bytes():
             for rsv1 in (False, True):
                 frame = fast._frame(opcode, data, rsv1)
                 assert frame == ref._frame(opcode, data, rsv1)
+                if rsv1 and opcode >= 0x8:
+                    continue  # never sent (RFC 7692 §6.1), and the parser refuses it: the bytes were compared
                 parsed = FrameParser(mask_required=True, max_frame_size=None, rsv1_allowed=True).feed(frame)
                 assert [(p[0], bool(p[2]), bytes(p[3])) for p in parsed] == [(opcode, rsv1, data)]
 
