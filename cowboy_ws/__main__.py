@@ -25,13 +25,14 @@ import logging
 import signal
 import ssl
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 from . import __version__
-from .handler import HandlerError as HandlerCheckError, check_handler, is_websocket_handler
-from .options import (HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_SEND_BUFFER, PING_TIMEOUT,
-                      SEND_HIGH_WATER)
+from .handler import HandlerError as HandlerCheckError
+from .handler import check_handler, is_websocket_handler
+from .options import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_SEND_BUFFER, PING_TIMEOUT, SEND_HIGH_WATER
 
 log = logging.getLogger("cowboy_ws")
 
@@ -70,7 +71,7 @@ def _limit(what: str):
         try:
             value = int(text, 0)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a positive integer or 'infinity', not {text!r}")
+            raise argparse.ArgumentTypeError(f"{what} must be a positive integer or 'infinity', not {text!r}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{what} must be a positive integer or 'infinity', not {text!r}")
         return value
@@ -111,7 +112,7 @@ def _port(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in 0..65535 (0 picks a free port), not {value}")
     return value

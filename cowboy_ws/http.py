@@ -14,9 +14,9 @@ import socket
 import ssl
 from typing import Any
 
-from .options import LINGER_TIMEOUT, MAX_LINGERING, WebSocketOptions
 from .handler import HandlerError, describe, is_websocket_handler
 from .lifecycle import crash_class
+from .options import LINGER_TIMEOUT, MAX_LINGERING, WebSocketOptions
 from .outframes import BadResult, short
 from .process import _set_self
 from .protocol import handshake
@@ -283,10 +283,10 @@ class HttpConnection:
             return
         if not isinstance(result, tuple) or len(result) not in (3, 4) or \
                 result[0] not in ("cowboy_websocket", "ok") or (result[0] == "ok" and len(result) != 3):
-            exc = BadResult(f"init returned {short(result)}: expected ('cowboy_websocket', req, state[, opts]) "
+            bad = BadResult(f"init returned {short(result)}: expected ('cowboy_websocket', req, state[, opts]) "
                             "or ('ok', req, state)")
-            log.error("[%s] %s", self.cid, exc)
-            self._fail_request(handler, ("crash", "error", exc), req, state)
+            log.error("[%s] %s", self.cid, bad)
+            self._fail_request(handler, ("crash", "error", bad), req, state)
             return
         req, state = result[1], result[2]
         if result[0] == "ok":
@@ -300,10 +300,10 @@ class HttpConnection:
             _terminate(handler, "normal", default_req_filter(req), state, self.cid)
             return
         if not is_websocket_handler(handler):
-            exc = HandlerError(f"{describe(handler)} asked for a WebSocket upgrade but has no "
-                               "websocket_handle/websocket_info")
-            log.error("[%s] %s", self.cid, exc)
-            self._fail_request(handler, ("crash", "error", exc), req, state)
+            missing = HandlerError(f"{describe(handler)} asked for a WebSocket upgrade but has no "
+                                   "websocket_handle/websocket_info")
+            log.error("[%s] %s", self.cid, missing)
+            self._fail_request(handler, ("crash", "error", missing), req, state)
             return
         try:
             opts = server.ws_options.merged(match.opts).merged(result[3] if len(result) == 4 else None)

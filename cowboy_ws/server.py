@@ -37,16 +37,23 @@ import selectors
 import socket
 import ssl
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import __version__, process
 from .http import HttpConnection
 from .loop import Loop
+from .memory import tune_malloc
 from .messaging import Backend
 from .metrics import SNAPSHOT_INTERVAL, MetricsServer, Stats, StatsCollector
-from .memory import tune_malloc
-from .options import (ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE,
-                      WebSocketOptions)
+from .options import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BACKOFF_MAX,
+    HANDSHAKE_TIMEOUT,
+    MAX_CONNECTIONS,
+    SHUTDOWN_GRACE,
+    WebSocketOptions,
+)
 from .router import Router
 
 log = logging.getLogger(__name__)
@@ -319,7 +326,7 @@ class Server:
         self.loop.close()
         self._stopped.set()
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         """Run the loop on a daemon thread; returns at once."""
         self._thread = threading.Thread(target=self.serve_forever, name=f"cowboy_ws:{self.port}", daemon=True)
         self._thread.start()
@@ -353,7 +360,7 @@ class Server:
         else:
             self.loop.call_later(grace, self.loop.stop)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
