@@ -10,7 +10,8 @@ given moment also depends on two conditions that are not phases: the handler's
 ====================  =========================================================================
 phase                 what holds
 ====================  =========================================================================
-``handshake``         the 101 response is built; nothing ran yet
+``handshake``         the 101 response is built (a client: the 101 answer was read and checked);
+                      nothing ran yet
 ``open``              the handler runs: websocket_init, then websocket_handle / websocket_info
 ``closing``           the terminate reason is decided and ``terminate`` has run; our Close (if
                       we may still send one) is queued behind what the handler sent before,
@@ -20,12 +21,17 @@ phase                 what holds
                       has not come yet, or else until the peer's FIN, discarding input past a
                       Close, so that closing with unread input does not reset the connection
                       before the peer read our Close; all within ``close_timeout`` ms from the
-                      start of ``closing`` (RFC 6455 §7.1.2, §7.1.7)
+                      start of ``closing`` (RFC 6455 §7.1.2, §7.1.7).  A client sends no FIN:
+                      it reads (and discards) until the server's FIN, the server's Close
+                      included, within the same ``close_timeout`` (§7.1.1)
 ``closed``            the socket is closed and the connection forgotten
 ====================  =========================================================================
 
 ``terminate`` runs exactly once, on leaving ``open`` (to ``closing`` or straight to
-``closed`` when the TCP connection is already gone), whatever the peer does next.
+``closed`` when the TCP connection is already gone), whatever the peer does next.  A
+client with retries left (:mod:`cowboy_ws.client`) is the exception: on leaving ``open``
+its handler gets ``websocket_info(("down", reason), state)`` instead, and ``terminate``
+runs once, when the client finally stops (docs/design.md, "The client").
 """
 
 from __future__ import annotations
