@@ -609,6 +609,10 @@ def test_client_protocol_frames_are_the_reference_bytes():
                     continue  # never sent (RFC 7692 §6.1), and the parser refuses it: the bytes were compared
                 parsed = FrameParser(mask_required=True, max_frame_size=None, rsv1_allowed=True).feed(frame)
                 assert [(p[0], bool(p[2]), bytes(p[3])) for p in parsed] == [(opcode, rsv1, data)]
+        for kind in ("text", "binary"):  # the whole message path too
+            fast.send_message(kind, data)
+            ref.send_message(kind, data)
+            assert fast.data_to_send() == ref.data_to_send()
 
 
 def test_masking_keys_come_from_urandom_in_blocks():
@@ -624,3 +628,26 @@ def test_masking_keys_come_from_urandom_in_blocks():
         assert len(set(drawn)) > 2990  # 32-bit keys: a few collisions at most
     finally:
         loop.close()
+
+
+def test_blocking_calls_refuse_to_wait_on_a_loop_thread(app, rec):
+    """recv() on a loop's thread would wait for its own loop: it raises; close() only queues the Close."""
+    target = app()
+    ws = client.connect(url_of(target))
+    outcome: list = []
+
+    def ws_init(state):
+        try:
+            ws.recv(1)
+        except RuntimeError as exc:
+            outcome.append(exc)
+        ws.close(4001)
+        outcome.append("closed")
+        return ("ok", state)
+
+    other = app(ws_init=ws_init, path="/other")
+    with client.connect(url_of(other, "/other")):
+        rec.wait_until(lambda: len(outcome) == 2, what="the callback to finish")
+    assert isinstance(outcome[0], RuntimeError) and "loop" in str(outcome[0])
+    wait_for(lambda: ws.closed is not None, what="the Close queued from the loop thread")
+    assert ws.closed.code == 4001

@@ -326,6 +326,8 @@ class ClientConnection:
         return frame
 
     def _recv_wait(self, timeout: float | None) -> tuple:
+        if current_loop() is not None:
+            raise RuntimeError("recv() would block a loop's thread (and wait for its own loop)")
         inbox = self._inbox
         queue = inbox.queue
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -377,6 +379,8 @@ class ClientConnection:
         if self._inbox.closed is None and not self._closing:
             self._closing = True
             self._put([frame])
+        if current_loop() is not None:
+            return  # on a loop's thread: the Close is queued, waiting here would block that loop
         if not self._session.finished.wait(self._close_wait):  # pragma: no cover - the loop's timer drops TCP
             log.warning("closing %s did not finish within %.1f s", self.url, self._close_wait)
 

@@ -40,7 +40,7 @@ from ..lifecycle import CLOSED, OPEN, crash_class
 from ..loop import Loop, current_loop
 from ..outframes import BadResult, normalize, short
 from ..process import Pid
-from ..protocol.connection import Connection
+from ..protocol.connection import OPEN as _CONN_OPEN, Connection
 from ..websocket import RESULT_FORMS, WebSocketProcess
 from .errors import InvalidHandshake, InvalidStatus, InvalidURI, OpenTimeout, ProxyError
 from .opening import Opened, WsURL, open_connection
@@ -114,9 +114,21 @@ _from_bytes = int.from_bytes
 class ClientProtocol(Connection):
     """The sans-IO connection with the client role, and one shortcut: a frame whose payload is under
     126 bytes is built and masked in one expression (header, key, payload XOR the key as one
-    integer: RFC 6455 §5.2, §5.3) instead of through ``serialize_frame``; the same bytes."""
+    integer: RFC 6455 §5.2, §5.3) instead of through ``serialize_frame``; the same bytes.  A small
+    uncompressed message on an open connection takes it straight from :meth:`send_message`."""
 
     __slots__ = ()
+
+    def send_message(self, kind: str, data: Any) -> None:
+        if type(data) is bytes and self.state is _CONN_OPEN and not self.compress:
+            n = len(data)
+            if n < 126:
+                key = self._mask_key()  # type: ignore[misc]
+                self._out.append(bytes((0x81 if kind == "text" else 0x82, 0x80 | n)) + key
+                                 + (_from_bytes(data, "little")
+                                    ^ _from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little"))
+                return
+        Connection.send_message(self, kind, data)
 
     def _frame(self, opcode: int, payload: Any, rsv1: bool = False) -> bytes:
         n = len(payload)
