@@ -651,3 +651,55 @@ def test_blocking_calls_refuse_to_wait_on_a_loop_thread(app, rec):
     assert isinstance(outcome[0], RuntimeError) and "loop" in str(outcome[0])
     wait_for(lambda: ws.closed is not None, what="the Close queued from the loop thread")
     assert ws.closed.code == 4001
+
+
+# -- connect_forever ------------------------------------------------------------------------
+
+
+def test_connect_forever_yields_a_new_connection_after_each_loss(serve, rec):
+    from conftest import Scripted
+    routes = [("/ws", Scripted, {"rec": rec})]
+    server = serve(routes)
+    port = server.port
+    url = f"ws://127.0.0.1:{port}/ws"
+    seen: list = []
+    restarted: list = []
+    started = time.monotonic()
+    for ws in client.connect_forever(url, retry_timeout=0.05, max_retry_timeout=0.2):
+        ws.send(("text", f"hello {len(seen)}"))
+        seen.append(ws.recv(WAIT))
+        if len(seen) == 1:
+            server.shutdown(grace=1)  # the server goes away: 1001
+            with pytest.raises(cowboy_ws.ConnectionClosed) as info:
+                ws.recv(WAIT)
+            assert info.value.code == 1001
+            restarted.append(serve(routes, port=port))  # and comes back on the same port
+            continue
+        break
+    assert seen == [("text", b"hello 0"), ("text", b"hello 1")]
+    assert ws.closed is not None and ws.closed.code == 1000  # leaving the loop closed it
+    assert time.monotonic() - started < WAIT * 2
+
+
+def test_connect_forever_retries_then_raises(app):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        for _ws in client.connect_forever(f"ws://127.0.0.1:{port}/", retry=3, retry_timeout=0.05, proxy=None):
+            raise AssertionError("nothing listens there")
+    assert 0.05 < time.monotonic() - started < WAIT  # three delays: 25-50, 50-100, 100-200 ms
+
+    def init(req, state):
+        req.reply(404, {}, b"")
+        return ("ok", req, state)
+
+    server = app(init=init)
+    started = time.monotonic()
+    with pytest.raises(client.InvalidStatus) as info:  # a 4xx is raised at once
+        next(iter(client.connect_forever(url_of(server), retry_timeout=5)))
+    assert info.value.status == 404 and time.monotonic() - started < 2
+    with pytest.raises(client.InvalidURI):
+        next(iter(client.connect_forever("nope://x")))
