@@ -24,7 +24,6 @@ import asyncio
 import collections
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -34,10 +33,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from run import (ALL_CATEGORIES, BEHAVIORS, CASE_COUNTS, QUICK_CATEGORIES, available_backends,  # noqa: E402
-                 verdict, write_reports)
+from run import ALL_CATEGORIES, BEHAVIORS, CASE_COUNTS, QUICK_CATEGORIES, available_backends, verdict, write_reports  # noqa: E402
 
 AGENT = "cowboy_ws"
+SELF = str(Path(__file__).resolve())
 #: What passes in client mode: the verdicts of the suite's own notion of conformance, strictly.
 PASSING = {"OK", "INFORMATIONAL"}
 #: Per-category timeout (s) for the whole category (server and client); 12.x/13.x are the long ones.
@@ -145,7 +144,7 @@ def run_category(backend: str, category: str, api: str) -> tuple[list, str | Non
         cases = [category] if "." in category else [f"{category}.*"]  # a case id, or a whole category
         async with kosoku.run_fuzzingserver(cases, host="127.0.0.1", port=0) as server:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(Path(__file__).resolve()), "--drive", f"ws://127.0.0.1:{server.port}",
+                sys.executable, SELF, "--drive", f"ws://127.0.0.1:{server.port}",
                 "--api", api, cwd=str(ROOT), env=env, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE)
             error = None

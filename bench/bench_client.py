@@ -40,7 +40,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _servers import ROOT, SCRIPTS, ServerProc, cowboy_backend_c_available, env_for  # noqa: E402
+from _servers import ROOT, ServerProc, cowboy_backend_c_available, env_for  # noqa: E402
 
 MESSAGE = "0123456789abcdef"
 
@@ -206,13 +206,13 @@ TARGETS = [("cowboy_ws_handler_c", "picows", 0.5), ("cowboy_ws_handler_c", "webs
 
 def available(package: str) -> bool:
     out = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, cwd=ROOT,
-                         env=env_for(), timeout=60)
+                         env=env_for(), timeout=60, check=False)
     return out.returncode == 0
 
 
 def run_client(label: str, port: int, messages: int, in_flight: int, warm: int, core: int | None,
                timeout: float) -> tuple[float, float, float]:
-    package, script, pure = CLIENTS[label]
+    _package, script, pure = CLIENTS[label]
     proc = subprocess.Popen([sys.executable, "-c", script, str(port), str(messages), str(in_flight), str(warm)],
                             cwd=ROOT, env=env_for(pure=pure), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -226,7 +226,7 @@ def run_client(label: str, port: int, messages: int, in_flight: int, warm: int, 
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise RuntimeError(f"{label}: no result within {timeout} s")
+        raise RuntimeError(f"{label}: no result within {timeout} s") from None
     lines = [line for line in out.splitlines() if line.startswith("CPU ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{label} failed ({proc.returncode}): {err.strip()[-800:]}")
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 + f" {sys_share[label] * 100:>4.0f} {rate[0]:>10,.0f} [{rate[1]:,.0f} - {rate[2]:,.0f}]")
         for other in ("picows", "websockets"):
             if other in per_msg:
-                ratio = med_min_max([a / b for a, b in zip(per_msg[label], per_msg[other])])
+                ratio = med_min_max([a / b for a, b in zip(per_msg[label], per_msg[other], strict=True)])
                 line += f"  {ratio[0]:.2f}x [{ratio[1]:.2f}-{ratio[2]:.2f}]"
         print(line)
     print("   CPU: getrusage of the client process (user + system, all threads) over the measured echoes;"
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== targets (from the issue)")
     for label, other, limit in TARGETS:
         if label in per_msg and other in per_msg:
-            ratio = med_min_max([a / b for a, b in zip(per_msg[label], per_msg[other])])
+            ratio = med_min_max([a / b for a, b in zip(per_msg[label], per_msg[other], strict=True)])
             verdict = "PASS" if ratio[0] <= limit else "FAIL"
             print(f"{verdict}  {label} CPU/msg <= {limit}x {other}".ljust(60)
                   + f"{ratio[0]:.2f}x [{ratio[1]:.2f}-{ratio[2]:.2f}]")

@@ -47,7 +47,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .lifecycle import CLOSED, CLOSING, DRAINING, HANDSHAKE, OPEN, check_transition, crash_class
 from .options import WebSocketOptions
@@ -85,6 +85,13 @@ class Owner(Protocol):
     stats: Any
 
     def _forget(self, conn: Any) -> None: ...
+
+
+class ClientOwner(Owner, Protocol):
+    """A client's owner (:class:`cowboy_ws.client.session.ClientSession`): it also decides, when the
+    handler's part of a connection ends, whether the Pid lives on (True: it reconnects)."""
+
+    def _connection_lost(self, process: WebSocketProcess, mailbox: Any) -> bool: ...
 
 
 class WebSocketProcess:
@@ -251,7 +258,7 @@ class WebSocketProcess:
         """
         mailbox = self._mailbox
         self._mailbox = None
-        if self.role == "client" and self.owner._connection_lost(self, mailbox):
+        if self.role == "client" and cast("ClientOwner", self.owner)._connection_lost(self, mailbox):
             return
         # Cowboy exits with {shutdown, Reason} after the shutdown_reason command, else normal.
         self.pid._exit("normal" if self.shutdown_reason == "normal" else ("shutdown", self.shutdown_reason))

@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 import pytest
+from conftest import WAIT, default_handle, wait_for
 
 import cowboy_ws
 from cowboy_ws import client
 from cowboy_ws.client.session import ClientSession
-from conftest import WAIT, default_handle, wait_for
 
 # -- a recorder for client handlers ------------------------------------------------------
 
@@ -231,7 +231,7 @@ def test_local_close_code_reason_and_side(app, rec):
     with pytest.raises(cowboy_ws.ConnectionClosed):
         ws.recv(WAIT)
     ws.close()  # idempotent
-    wait_for(lambda: ws._session.finished.is_set(), what="the socket to be closed")
+    wait_for(ws._session.finished.is_set, what="the socket to be closed")
     assert ws._session.last_proc.sock.fileno() == -1
 
 
@@ -452,7 +452,7 @@ def test_failed_first_connection_terminates_with_the_reason(calls):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     client.start(f"ws://127.0.0.1:{port}/", Handler, {"calls": calls}, {"proxy": None})
-    reason, partial, _state = calls.wait_count("terminate")[0]
+    reason, _partial, _state = calls.wait_count("terminate")[0]
     assert reason == ("error", "econnrefused")
     assert calls.of("websocket_init") == []
 
@@ -590,17 +590,19 @@ def test_client_info(app, calls):
 
 def test_client_protocol_frames_are_the_reference_bytes():
     """ClientProtocol's one-expression small frame equals serialize_frame's, for every size and bit."""
+    import functools
     import os
+
     from cowboy_ws.client.session import ClientProtocol
     from cowboy_ws.protocol.connection import Connection
     from cowboy_ws.protocol.frames import FrameParser
 
     keys = [os.urandom(4) for _ in range(4000)]
-    for n in [*range(0, 131), 300, 70_000]:
+    for n in [*range(131), 300, 70_000]:
         data = os.urandom(n)
         fast_keys, ref_keys = iter(keys), iter(keys)
-        fast = ClientProtocol("client", mask_key=lambda: next(fast_keys))
-        ref = Connection("client", mask_key=lambda: next(ref_keys))
+        fast = ClientProtocol("client", mask_key=functools.partial(next, fast_keys))
+        ref = Connection("client", mask_key=functools.partial(next, ref_keys))
         for opcode in (0x1, 0x2) + ((0x9, 0xA) if n <= 125 else ()):
             for rsv1 in (False, True):
                 frame = fast._frame(opcode, data, rsv1)

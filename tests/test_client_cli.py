@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import WAIT, default_handle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +19,7 @@ def run_cli(*args: str, stdin: str = "", timeout: float = 30) -> subprocess.Comp
     for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         env.pop(name, None)
     return subprocess.run([sys.executable, "-m", "cowboy_ws.client", *args], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT)
+                          text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
 
 
 def test_piped_lines_are_sent_and_replies_printed(app, rec):

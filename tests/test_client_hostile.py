@@ -15,14 +15,14 @@ import threading
 import time
 import tracemalloc
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+from conftest import WAIT, wait_for
 
 import cowboy_ws
 from cowboy_ws import client
 from cowboy_ws.protocol.frames import FrameParser, serialize_frame
-from conftest import WAIT, wait_for
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -70,7 +70,7 @@ def read_frames(sock: socket.socket, timeout: float = WAIT, until_close: bool = 
         sock.settimeout(left)
         try:
             data = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return frames, False
         except OSError:
             return frames, True
@@ -110,7 +110,7 @@ class RawServer:
         while not self._stop:
             try:
                 sock, _ = self.listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -339,7 +339,7 @@ def test_huge_response_head_is_refused(raw):
             pass
 
     server = raw(script)
-    with pytest.raises(client.InvalidHandshake, match="malformed|too"):
+    with pytest.raises(client.InvalidHandshake, match=r"malformed|too"):
         client.connect(server.url)
 
 
@@ -384,7 +384,7 @@ def test_client_waits_for_the_servers_fin_then_gives_up(raw):
         got, eof = read_frames(sock, 0.3)
         sock.sendall(serialize_frame(0x8, (1000).to_bytes(2, "big")))  # answer the Close, keep TCP open
         started = time.monotonic()
-        more, eof = read_frames(sock, WAIT)
+        _more, eof = read_frames(sock, WAIT)
         fin_seen.append(time.monotonic() - started)
         return close_code(got), eof
 
@@ -446,7 +446,7 @@ def test_flood_while_nobody_reads_stays_bounded(raw):
             try:
                 sock.sendall(frame * 16)
                 sent += 16
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 break
         return sent
 

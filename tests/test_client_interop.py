@@ -21,11 +21,11 @@ import threading
 import time
 
 import pytest
+from conftest import WAIT, Scripted
+from test_client_hostile import RawServer, read_head, upgrade
 
 import cowboy_ws
 from cowboy_ws import client
-from conftest import WAIT, Scripted
-from test_client_hostile import RawServer, read_head, upgrade
 
 websockets = pytest.importorskip("websockets", reason="websockets is in the test extra")
 from websockets.sync.server import serve as ws_serve  # noqa: E402
@@ -163,7 +163,7 @@ def test_wss_verified_with_sni_and_hostname(app, ca, rec):
 
 def test_wss_hostname_mismatch_is_refused(app, ca):
     server = tls_server(app, ca, "other.example")
-    with pytest.raises(ssl.SSLCertVerificationError, match="match|mismatch"):
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"match|mismatch"):
         client.connect(f"wss://localhost:{server.port}/ws", ssl=client_context(ca))
 
 
@@ -217,7 +217,7 @@ class ConnectProxy:
         while not self._stop:
             try:
                 sock, _ = self.listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -229,7 +229,7 @@ class ConnectProxy:
         with sock:
             headers, rest = read_head(sock)
             self.requests.append(headers)
-            method, target, _ = headers[":request"].split(" ")
+            _method, target, _ = headers[":request"].split(" ")
             if self.refuse:
                 sock.sendall(f"HTTP/1.1 {self.refuse} Nope\r\nContent-Length: 0\r\n\r\n".encode())
                 return
@@ -367,7 +367,7 @@ class Socks5Proxy:
         while not self._stop:
             try:
                 sock, _ = self.listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -30,7 +30,8 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..lifecycle import OPEN
 from ..loop import current_loop
@@ -400,7 +401,7 @@ class ClientConnection:
             return ConnectionClosed(1000, b"", "local", "stop")
         return ConnectionClosed(closed.code, closed.reason, closed.side, closed.terminate_reason)
 
-    def __enter__(self) -> "ClientConnection":
+    def __enter__(self) -> ClientConnection:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -417,7 +418,7 @@ def _options(compress: bool, subprotocols: Any, headers: Any, origin: str | None
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name}: expected a positive number of seconds{' or None' if none_ok else ''}, "
                              f"not {value!r}")
-        return max(1, int(round(value * 1000)))
+        return max(1, round(value * 1000))
 
     ws: dict = {"compress": compress, "max_frame_size": max_frame_size, "validate_utf8": validate_utf8,
                 "close_timeout": ms("close_timeout", close_timeout, False),
@@ -490,7 +491,8 @@ def connect_forever(url: str, *, retry: int | str = "infinity", retry_timeout: f
     doubled after each failed attempt up to ``max_retry_timeout``, each delay drawn between half of
     it and all of it.  ``retry``: how many attempts in a row may fail before the last error is
     raised (``"infinity"``: never give up); a connection lost within a second (or ``retry_timeout``)
-    of opening counts as a failed attempt, and when that uses up ``retry`` the iteration ends.  A refused upgrade (4xx) is raised at once unless
+    of opening counts as a failed attempt, and when that uses up ``retry`` the iteration ends.  A
+    refused upgrade (4xx) is raised at once unless
     ``retry_refused``; 5xx, TLS and network errors are retried.  Asking for the next connection
     closes the current one if it is still open; leaving the loop closes it too.
     """

@@ -148,14 +148,13 @@ def resolve_proxy(url: WsURL, proxy: Any) -> str | None:
     if proxy is None:
         return None
     if proxy is not ENV_PROXY:
-        return proxy  # type: ignore[no-any-return]
+        return str(proxy)
     proxies = urllib.request.getproxies_environment()
     chosen = proxies.get("https" if url.secure else "http") or proxies.get("all")
     if not chosen:
         return None
-    if urllib.request.proxy_bypass_environment(url.host, proxies):
-        return None
-    if urllib.request.proxy_bypass_environment(f"{url.host}:{url.port}", proxies):
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
+    if bypass(url.host, proxies) or bypass(f"{url.host}:{url.port}", proxies):
         return None
     return chosen
 
@@ -166,7 +165,7 @@ def _connect_tcp(host: str, port: int, deadline: float) -> socket.socket:
         raise OpenTimeout(f"could not connect to {host}:{port} within the open timeout")
     try:
         sock = socket.create_connection((host, port), timeout=left)
-    except socket.timeout:
+    except TimeoutError:
         raise OpenTimeout(f"TCP connection to {host}:{port} not established within the open timeout") from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -196,7 +195,7 @@ def _read_head(sock: socket.socket, deadline: float, what: str) -> tuple[handsha
         _settimeout(sock, deadline, f"{what}: no complete response")
         try:
             data = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             raise OpenTimeout(f"{what}: no complete HTTP response within the open timeout "
                               f"({len(buf)} bytes received)") from None
         if not data:
@@ -291,7 +290,7 @@ def _start_tls(sock: socket.socket, url: WsURL, options: ClientOptions, deadline
     try:
         # server_hostname: SNI (for names) and the certificate's name check (check_hostname)
         return context.wrap_socket(sock, server_hostname=url.host)
-    except socket.timeout:
+    except TimeoutError:
         raise OpenTimeout(f"TLS handshake with {url.host}:{url.port} not done within the open timeout") from None
 
 
@@ -308,7 +307,8 @@ def _request(url: WsURL, options: ClientOptions, key: str, offer: str | None) ->
         extra.append(("Authorization", "Basic " + base64.b64encode(creds).decode("ascii")))
     if "user-agent" not in names:
         extra.append(("User-Agent", USER_AGENT or "cowboy_ws"))
-    extra.extend(options.headers)  # type: ignore[arg-type]
+    extra.extend((name, str(value) if isinstance(value, str) else value.decode("latin-1"))
+                 for name, value in options.headers)
     try:
         return handshake.build_request(url.host_header, url.resource, key, protocols=options.subprotocols,
                                        extensions=offer, headers=extra)
@@ -360,7 +360,7 @@ def open_connection(url: str | WsURL, options: ClientOptions) -> Opened:
     target = url if isinstance(url, WsURL) else parse_url(url)
     compress = options.ws.compress
     offer = pmd.client_offer(options.ws.deflate_opts) if compress else None
-    for hop in range(options.max_redirects + 1):
+    for _hop in range(options.max_redirects + 1):
         sock = _open_tcp(target, options, deadline)
         try:
             if target.secure:
@@ -369,7 +369,7 @@ def open_connection(url: str | WsURL, options: ClientOptions) -> Opened:
             _settimeout(sock, deadline, "sending the upgrade request")
             try:
                 sock.sendall(_request(target, options, key, offer))
-            except socket.timeout:
+            except TimeoutError:
                 raise OpenTimeout(f"{target}: could not send the upgrade request within the open timeout") from None
             resp, rest = _read_head(sock, deadline, str(target))
             if resp.status in REDIRECTS and resp.status != 101:
@@ -402,8 +402,9 @@ def open_connection(url: str | WsURL, options: ClientOptions) -> Opened:
 
 
 def _user_agent() -> str:
-    from .. import __version__
     import sys
+
+    from .. import __version__
     return f"cowboy_ws/{__version__} Python/{sys.version_info[0]}.{sys.version_info[1]}"
 
 

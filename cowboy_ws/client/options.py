@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import ssl as _ssl
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..options import WebSocketOptions
 from ..protocol.deflate import DeflateOptions
 from ..protocol.errors import UsageError
 from ..protocol.headers import is_token
 
-__all__ = ["CLIENT_DEFLATE", "ClientOptions", "ENV_PROXY", "OPEN_TIMEOUT", "CLOSE_TIMEOUT", "MAX_REDIRECTS", "RETRY_TIMEOUT",
-           "MAX_RETRY_TIMEOUT", "MAX_QUEUE", "MAX_QUEUE_BYTES", "from_handler_opts"]
+__all__ = ["CLIENT_DEFLATE", "CLOSE_TIMEOUT", "ClientOptions", "ENV_PROXY", "MAX_REDIRECTS", "OPEN_TIMEOUT",
+           "RETRY_TIMEOUT", "MAX_RETRY_TIMEOUT", "MAX_QUEUE", "MAX_QUEUE_BYTES", "from_handler_opts"]
 
 #: Seconds to open a connection: DNS, TCP, proxy, TLS, the HTTP upgrade and its redirects together.
 OPEN_TIMEOUT = 10.0
@@ -61,7 +62,7 @@ CLIENT_DEFLATE = DeflateOptions(client_context_takeover=False)
 
 #: The client's own defaults of the WebSocket options: no idle timeout (a client connection that
 #: waits for the server is not idle by mistake; websockets has none either) and CLIENT_DEFLATE.
-CLIENT_WS_DEFAULTS = dict(idle_timeout=None, deflate_opts=CLIENT_DEFLATE)
+CLIENT_WS_DEFAULTS: dict[str, Any] = {"idle_timeout": None, "deflate_opts": CLIENT_DEFLATE}
 
 #: Keys of the handler API's opts that are not WebSocketOptions fields.
 CLIENT_KEYS = ("subprotocols", "headers", "origin", "ssl", "open_timeout", "proxy", "max_redirects", "retry",
@@ -106,11 +107,11 @@ class ClientOptions:
         for protocol in self.subprotocols:
             if not isinstance(protocol, str) or not is_token(protocol):
                 raise ValueError(f"client option subprotocols: {protocol!r} is not a token (RFC 6455 §4.1)")
-        headers = self.headers or ()
-        if isinstance(headers, Mapping):
-            headers = list(headers.items())
+        given: Any = self.headers or ()
+        if isinstance(given, Mapping):
+            given = list(given.items())
         checked = []
-        for item in headers:
+        for item in given:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
                     and isinstance(item[1], (str, bytes))):
                 raise ValueError(f"client option headers: expected (name, value) pairs or a dict, not {item!r}")

@@ -40,7 +40,8 @@ from ..lifecycle import CLOSED, OPEN, crash_class
 from ..loop import Loop, current_loop
 from ..outframes import BadResult, normalize, short
 from ..process import Pid
-from ..protocol.connection import OPEN as _CONN_OPEN, Connection
+from ..protocol.connection import OPEN as _CONN_OPEN
+from ..protocol.connection import Connection
 from ..websocket import RESULT_FORMS, WebSocketProcess
 from .errors import InvalidHandshake, InvalidStatus, InvalidURI, OpenTimeout, ProxyError
 from .opening import Opened, WsURL, open_connection
@@ -107,7 +108,7 @@ def _keys_from_urandom(size: int) -> list[bytes]:
     return [block[i:i + 4] for i in range(0, size, 4)]
 
 
-_mask_keys: "weakref.WeakKeyDictionary[Loop, Any]" = weakref.WeakKeyDictionary()
+_mask_keys: weakref.WeakKeyDictionary[Loop, Any] = weakref.WeakKeyDictionary()
 _from_bytes = int.from_bytes
 
 
