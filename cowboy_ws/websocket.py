@@ -50,11 +50,14 @@ from collections import deque
 from typing import Any, Protocol, cast
 
 from .lifecycle import CLOSED, CLOSING, DRAINING, HANDSHAKE, OPEN, check_transition, crash_class
+from .metrics import payload_size
 from .options import WebSocketOptions
 from .outframes import COMMANDS, BadResult, normalize, normalize_frame, short
 from .process import Pid
 from .protocol.closecodes import RUNTIME_CLOSES
-from .protocol.connection import CLOSED as CONN_CLOSED, OPEN as CONN_OPEN, Connection
+from .protocol.connection import CLOSED as CONN_CLOSED
+from .protocol.connection import OPEN as CONN_OPEN
+from .protocol.connection import Connection
 from .sendbuffer import WOULD_BLOCK, SendBuffer
 
 log = logging.getLogger(__name__)
@@ -327,9 +330,10 @@ class WebSocketProcess:
         sock = self.sock
         try:
             if self.is_tls:
-                data: Any = sock.recv(READ_SIZE)
-                while data and sock.pending():  # decrypted bytes the selector cannot see
-                    data += sock.recv(sock.pending())
+                tls: ssl.SSLSocket = sock  # type: ignore[assignment]  # is_tls: wrapped at accept/connect
+                data: Any = tls.recv(READ_SIZE)
+                while data and tls.pending():  # decrypted bytes the selector cannot see
+                    data += tls.recv(tls.pending())
             else:
                 # Into the loop's shared buffer: the protocol core copies out what it keeps
                 # (payloads, a partial frame) before the next read reuses it.
@@ -476,17 +480,12 @@ class WebSocketProcess:
 
     def _dispatch(self, events: list) -> None:
         stats = self.stats
+        if stats is not None:  # metrics: this read's numbers summed in locals, stored once
+            tn = tb = bn = bb = otn = otb = obn = obb = 0
         for event in events:
             if self.phase is not OPEN:
-                return
+                break
             kind = event[0]
-            if stats is not None:
-                if kind == "text":
-                    stats.in_text += 1
-                    stats.in_text_bytes += len(event[1])
-                elif kind == "binary":
-                    stats.in_binary += 1
-                    stats.in_binary_bytes += len(event[1])
             if kind == "close":
                 code, payload = event[1], event[2]
                 self._begin_close(("remote", code, payload) if code is not None else "remote")
@@ -494,8 +493,32 @@ class WebSocketProcess:
                 exc = event[1]
                 log.info("[%s] protocol error, closing %d: %s", self.cid, exc.code, exc)
                 self._begin_close(("error", exc.reason))
-            else:
+            elif stats is None:
                 self._call(self._handle, event, self.state)
+            else:
+                if kind == "text":
+                    tn += 1
+                    tb += len(event[1])
+                elif kind == "binary":
+                    bn += 1
+                    bb += len(event[1])
+                sent = self._call(self._handle, event, self.state)  # the fast path's reply frame, else None
+                if sent is not None:
+                    if sent[0] == "text":
+                        otn += 1
+                        otb += len(sent[1])
+                    else:
+                        obn += 1
+                        obb += len(sent[1])
+        if stats is not None:
+            stats.in_text += tn
+            stats.in_text_bytes += tb
+            stats.in_binary += bn
+            stats.in_binary_bytes += bb
+            stats.out_text += otn
+            stats.out_text_bytes += otb
+            stats.out_binary += obn
+            stats.out_binary_bytes += obb
 
     def deliver(self, msg: Any) -> None:
         """A message for ``websocket_info`` (from :meth:`Pid.send`): queue it, handle it this round."""
@@ -524,9 +547,12 @@ class WebSocketProcess:
             self._mailbox_scheduled = True
             self.loop.call_soon(self._drain_mailbox)
 
-    def _call(self, callback: Any, arg: Any, state: Any = _NO_ARG) -> None:
+    def _call(self, callback: Any, arg: Any, state: Any = _NO_ARG) -> tuple | None:
         """Run one handler callback, ``callback(arg, state)`` (``callback(arg)`` for websocket_init),
-        and apply its result; whatever it raises (but KeyboardInterrupt) is a crash (1011)."""
+        and apply its result; whatever it raises (but KeyboardInterrupt) is a crash (1011).
+
+        Returns the reply frame when the result took the fast path (one text/binary reply), for the
+        metrics; every other message sent is counted where it is queued."""
         loop = self.loop
         loop.self_pid = self.pid  # self() inside the callback
         try:
@@ -543,18 +569,11 @@ class WebSocketProcess:
                             conn = self.conn
                             if conn.state is CONN_OPEN or conn.can_send:
                                 conn.send_message(kind, data)
-                                stats = self.stats
-                                if stats is not None:  # inline: this is the per-message path
-                                    if kind == "text":
-                                        stats.out_text += 1
-                                        stats.out_text_bytes += len(data)
-                                    else:
-                                        stats.out_binary += 1
-                                        stats.out_binary_bytes += len(data)
-                            return
+                                return frame  # _dispatch counts it (metrics)
+                            return None
                 elif n == 2 and result[0] == "ok":
                     self.state = result[1]
-                    return
+                    return None
             self._apply(result)
         except KeyboardInterrupt:
             raise
@@ -566,6 +585,7 @@ class WebSocketProcess:
             self._begin_close(("crash", kind, exc), "crash")
         finally:
             loop.self_pid = None
+        return None
 
     def _apply(self, result: Any) -> None:
         """Interpret a call result (docs/design.md, the contract table); every frame and command of it
@@ -634,7 +654,7 @@ class WebSocketProcess:
         if kind == "text" or kind == "binary":
             conn.send_message(kind, data)
             if self.stats is not None:
-                self._count_out(kind, data)
+                self.stats.sent(kind, len(data))
         elif kind == "ping":
             conn.send_ping(data)
         else:
@@ -680,22 +700,9 @@ class WebSocketProcess:
                     conn.send_message(kind, data)
         else:
             conn.send_serialized(wire)
-        if self.stats is not None and not wire[0] & 0x08:
-            self._count_out(frame[0] if isinstance(frame, tuple) else frame, wire, broadcast=True)
+        if self.stats is not None and not wire[0] & 0x08:  # a data frame: count its payload
+            self.stats.sent(frame[0], payload_size(wire))
         self.loop.mark_dirty(self)
-
-    def _count_out(self, kind: str, data: bytes, broadcast: bool = False) -> None:
-        """Metrics: one message sent (a broadcast's ``data`` is the whole frame: its payload is counted)."""
-        stats = self.stats
-        size = len(data)
-        if broadcast:  # header: 2 bytes, +2 from 126 bytes, +8 from 65536 (RFC 6455 §5.2)
-            size -= 2 if size < 128 else 4 if size < 65540 else 10
-        if kind == "text":
-            stats.out_text += 1  # type: ignore[union-attr]
-            stats.out_text_bytes += size  # type: ignore[union-attr]
-        else:
-            stats.out_binary += 1  # type: ignore[union-attr]
-            stats.out_binary_bytes += size  # type: ignore[union-attr]
 
     def _hibernate(self) -> None:
         """Release what an idle connection can rebuild: protocol buffers, zlib objects, an empty mailbox."""
