@@ -11,13 +11,25 @@ route it, and serve it::
 
 __version__ = "0.1.0"
 
-from .options import WebSocketOptions  # noqa: E402
-from .process import (Pid, broadcast, cancel_timer, join, leave, local_members, members, node,  # noqa: E402
-                      nodes, self, send_after, which_groups)
-from .req import Req  # noqa: E402
-from .router import Router  # noqa: E402
-from .server import Server, backend  # noqa: E402
-from .client import ConnectionClosed, InvalidHandshake, InvalidStatus  # noqa: E402  (also cowboy_ws.client)
+from .client import ConnectionClosed, InvalidHandshake, InvalidStatus
+from .options import WebSocketOptions
+from .process import (
+    Pid,
+    broadcast,
+    cancel_timer,
+    join,
+    leave,
+    local_members,
+    members,
+    node,
+    nodes,
+    self,
+    send_after,
+    which_groups,
+)
+from .req import Req
+from .router import Router
+from .server import Server, backend
 
 __all__ = [
     "ConnectionClosed", "InvalidHandshake", "InvalidStatus",
