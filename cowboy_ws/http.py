@@ -24,6 +24,7 @@ from .protocol.connection import Connection
 from .protocol.deflate import negotiate_server
 from .protocol.errors import HandshakeError
 from .req import Req, default_req_filter
+from .sendbuffer import WOULD_BLOCK
 from .websocket import READ_SIZE, WebSocketProcess
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,7 @@ class HttpConnection:
 
     def _refuse_now(self) -> None:
         """Over max_connections: a minimal answer, then close (the request is not read)."""
-        self._refused(self.refuse or 503)
-        self._respond(handshake.build_refusal(self.refuse or 503, headers=[("server", self.server.server_header)],
-                                              body=b"server busy\n"))
+        self._answer_refusal(self.refuse or 503, body=b"server busy\n")
 
     def _on_timeout(self) -> None:
         if self.done:
@@ -134,13 +133,12 @@ class HttpConnection:
         if self.handshaking or not self.buf:
             self.close()
         else:
-            self._refused(408)
-            self._respond(handshake.build_refusal(408, headers=[("server", self.server.server_header)]))
+            self._answer_refusal(408)
 
     def _read(self) -> None:
         try:
             data = self.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except WOULD_BLOCK:
             return
         except OSError as exc:
             log.debug("[%s] closed during the request: %s", self.cid, exc)
@@ -171,18 +169,18 @@ class HttpConnection:
         except BaseException:  # a bug (or a route constraint's exit) must cost this request only, with an answer
             log.exception("[%s] error handling the request", self.cid)
             if not self.done and not self.out and not self.lingering:
-                self._refused(500)
-                self._respond(handshake.build_refusal(500, headers=[("server", self.server.server_header)]))
+                self._answer_refusal(500)
 
     def _refuse(self, exc: HandshakeError) -> None:
         log.info("[%s] refused %d: %s", self.cid, exc.status, exc)
-        headers = list(exc.headers) + [("server", self.server.server_header)]
-        self._refused(exc.status)
-        self._respond(handshake.build_refusal(exc.status, headers=headers, body=str(exc).encode() + b"\n"))
+        self._answer_refusal(exc.status, list(exc.headers), str(exc).encode() + b"\n")
 
-    def _refused(self, status: int) -> None:
+    def _answer_refusal(self, status: int, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
+        """Answer an error status (with our Server header), counted for the metrics, then close (lingering)."""
         if self.server.stats is not None:
             self.server.stats.refused(status)
+        headers = (headers or []) + [("server", self.server.server_header)]
+        self._respond(handshake.build_refusal(status, headers=headers, body=body))
 
     def _respond(self, data: bytes) -> None:
         """Send a final HTTP response, then close (lingering), all within LINGER_TIMEOUT."""
@@ -194,7 +192,7 @@ class HttpConnection:
     def _write(self) -> None:
         try:
             sent = self.sock.send(self.out)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except WOULD_BLOCK:
             sent = 0
         except OSError:
             self.close()
@@ -223,7 +221,7 @@ class HttpConnection:
         for _ in range(16):
             try:
                 data = self.sock.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except WOULD_BLOCK:
                 return
             except (OSError, ValueError):
                 break
@@ -323,10 +321,9 @@ class HttpConnection:
 
     def _fail_request(self, handler: Any, reason: Any, req: Any, state: Any) -> None:
         """The request cannot go on (init crashed or misbehaved): answer 500, then ``terminate`` once."""
-        self._refused(500)
         if self.server.stats is not None:
             self.server.stats.crashes += 1
-        self._respond(handshake.build_refusal(500, headers=[("server", self.server.server_header)]))
+        self._answer_refusal(500)
         partial = default_req_filter(req) if isinstance(req, Req) else {}
         _terminate(handler, reason, partial, state, self.cid)
 

@@ -340,7 +340,7 @@ class WebSocketProcess:
                 buf = self.loop.read_view
                 n = sock.recv_into(buf)
                 data = buf[:n] if n else b""
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except WOULD_BLOCK:
             return
         except OSError as exc:
             self._socket_error(exc)
