@@ -122,8 +122,10 @@ def verdict(result) -> tuple[str, str]:
     return result.behavior.value, result.behavior_close.value
 
 
-def print_table(backend: str, by_category: dict[str, list], errors: list[str]) -> None:
-    print(f"\nAutobahn|Testsuite on cowboy_ws, backend {backend!r}")
+def print_table(title: str, by_category: dict[str, list], errors: list[str], expected_default: int = 0) -> None:
+    """The verdicts per category and in total; ``expected_default``: how many cases a key not in CASE_COUNTS
+    (a single case id, as run_client.py takes) stands for."""
+    print(f"\n{title}")
     header = f"{'category':>8} {'cases':>5} " + " ".join(f"{b:>13}" for b in BEHAVIORS) + "   close verdicts"
     print(header)
     print("-" * len(header))
@@ -134,7 +136,7 @@ def print_table(backend: str, by_category: dict[str, list], errors: list[str]) -
         closes = collections.Counter(verdict(r)[1] for r in results)
         totals.update(counts)
         close_totals.update(closes)
-        missing = CASE_COUNTS.get(category, 0) - len(results)
+        missing = CASE_COUNTS.get(category, expected_default) - len(results)
         extra = f"   (missing {missing})" if missing > 0 else ""
         print(f"{category:>8} {len(results):>5} " + " ".join(f"{counts.get(b, 0):>13}" for b in BEHAVIORS)
               + "   " + ", ".join(f"{k} {v}" for k, v in sorted(closes.items())) + extra)
@@ -177,7 +179,7 @@ def run_backend(backend: str, categories: list[str], concurrency: int, report_ro
         server.stop()
     results = [r for rs in by_category.values() for r in rs]
     write_reports(results, report_root / backend)
-    print_table(backend, by_category, errors)
+    print_table(f"Autobahn|Testsuite on cowboy_ws, backend {backend!r}", by_category, errors)
     failing = sorted(r.case_id for r in results if not set(verdict(r)) <= PASSING)
     missing = {c: CASE_COUNTS[c] - len(by_category[c]) for c in categories
                if len(by_category[c]) < CASE_COUNTS[c]}

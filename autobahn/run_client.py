@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import logging
 import os
 import sys
@@ -33,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from run import ALL_CATEGORIES, BEHAVIORS, CASE_COUNTS, QUICK_CATEGORIES, available_backends, verdict, write_reports  # noqa: E402
+from run import ALL_CATEGORIES, CASE_COUNTS, QUICK_CATEGORIES, available_backends, print_table, verdict, write_reports  # noqa: E402
 
 AGENT = "cowboy_ws"
 SELF = str(Path(__file__).resolve())
@@ -171,30 +170,6 @@ def run_category(backend: str, category: str, api: str) -> tuple[list, str | Non
     return asyncio.run(go())
 
 
-def print_table(backend: str, api: str, by_category: dict[str, list], errors: list[str]) -> None:
-    print(f"\nAutobahn|Testsuite, client mode: cowboy_ws.client ({api} API), backend {backend!r}")
-    header = f"{'category':>8} {'cases':>5} " + " ".join(f"{b:>13}" for b in BEHAVIORS) + "   close verdicts"
-    print(header)
-    print("-" * len(header))
-    totals: collections.Counter = collections.Counter()
-    close_totals: collections.Counter = collections.Counter()
-    for category, results in by_category.items():
-        counts = collections.Counter(verdict(r)[0] for r in results)
-        closes = collections.Counter(verdict(r)[1] for r in results)
-        totals.update(counts)
-        close_totals.update(closes)
-        missing = CASE_COUNTS.get(category, 1) - len(results)
-        extra = f"   (missing {missing})" if missing > 0 else ""
-        print(f"{category:>8} {len(results):>5} " + " ".join(f"{counts.get(b, 0):>13}" for b in BEHAVIORS)
-              + "   " + ", ".join(f"{k} {v}" for k, v in sorted(closes.items())) + extra)
-    print("-" * len(header))
-    n = sum(len(r) for r in by_category.values())
-    print(f"{'total':>8} {n:>5} " + " ".join(f"{totals.get(b, 0):>13}" for b in BEHAVIORS)
-          + "   " + ", ".join(f"{k} {v}" for k, v in sorted(close_totals.items())))
-    for error in errors:
-        print(f"ERROR: {error}")
-
-
 def run_backend(backend: str, categories: list[str], report_root: Path, api: str = "handler") -> dict:
     """Run ``categories`` in client mode on one backend; returns {'results', 'errors', 'failing', 'missing',
     'seconds'}."""
@@ -208,7 +183,8 @@ def run_backend(backend: str, categories: list[str], report_root: Path, api: str
             errors.append(error)
     results = [r for rs in by_category.values() for r in rs]
     write_reports(results, report_root / f"client-{backend}")
-    print_table(backend, api, by_category, errors)
+    print_table(f"Autobahn|Testsuite, client mode: cowboy_ws.client ({api} API), backend {backend!r}", by_category,
+                errors, expected_default=1)
     failing = sorted(r.case_id for r in results if not set(verdict(r)) <= PASSING)
     missing = {c: CASE_COUNTS.get(c, 1) - len(by_category[c]) for c in categories
                if len(by_category[c]) < CASE_COUNTS.get(c, 1)}  # a single case id counts 1
