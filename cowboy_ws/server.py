@@ -231,8 +231,12 @@ class Server:
         self.loop.call_later(self._backoff, self._resume_accept)
 
     def _resume_accept(self) -> None:
-        if not self._shutting_down:
-            self.loop.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+        """End of a back-off: accept at once (an empty backlog ends the episode, and logs it, now rather
+        than at the next client's arrival), then wait on the listener again unless that backed off."""
+        if self._shutting_down:
+            return
+        self.loop.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+        self._on_accept(selectors.EVENT_READ)
 
     def _adopt(self, old: Any, new: Any) -> None:
         self.connections.pop(old, None)
