@@ -32,7 +32,15 @@ from typing import Any
 from . import __version__
 from .handler import HandlerError as HandlerCheckError
 from .handler import check_handler, is_websocket_handler
-from .options import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_SEND_BUFFER, PING_TIMEOUT, SEND_HIGH_WATER
+from .options import (
+    HANDSHAKE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_SEND_BUFFER,
+    PING_TIMEOUT,
+    SEND_HIGH_WATER,
+    SERVER_DEFLATE,
+)
+from .protocol.errors import UsageError
 
 log = logging.getLogger("cowboy_ws")
 
@@ -43,6 +51,9 @@ examples:
   python -m cowboy_ws                                   echo on ws://127.0.0.1:8080/ (any path)
   python -m cowboy_ws --port 9001 --compress --max-frame-size 67108864
                                                         what the Autobahn fuzzing client expects
+  python -m cowboy_ws --compress --deflate-opts server_context_takeover=takeover,server_max_window_bits=12
+                                                        fewer bytes on the wire for more memory per
+                                                        connection (docs/howto/compression.md)
   python -m cowboy_ws cowboy_ws.examples.chat           a module as the handler
   python -m cowboy_ws myapp.ws:ChatHandler --port 0     an attribute (module, class or instance)
   python -m cowboy_ws --certfile cert.pem --keyfile key.pem --port 8443
@@ -106,6 +117,24 @@ def _positive_float(what: str):
 
     parse.__name__ = what
     return parse
+
+
+def _deflate_opts(text: str) -> dict[str, int | str]:
+    """``KEY=VALUE[,KEY=VALUE...]`` -> a Cowboy ``deflate_opts`` dict (numbers as ints), checked."""
+    opts: dict[str, int | str] = {}
+    for item in text.split(","):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not key or not eq or not value:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], not {text!r}")
+        opts[key] = int(value) if value.lstrip("-").isdigit() else value
+    try:
+        SERVER_DEFLATE.updated(opts)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return opts
+
+
+_deflate_opts.__name__ = "deflate_opts"
 
 
 def _port(text: str) -> int:
@@ -188,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     ws = parser.add_argument_group("websocket options (cowboy_websocket:opts())")
     ws.add_argument("--compress", action="store_true",
                     help="accept permessage-deflate (RFC 7692) when the client offers it")
+    ws.add_argument("--deflate-opts", type=_deflate_opts, metavar="KEY=VALUE,...",
+                    help="permessage-deflate settings (Cowboy's deflate_opts; needs --compress): "
+                         "server_context_takeover and client_context_takeover (takeover | no_takeover), "
+                         "server_max_window_bits and client_max_window_bits (8..15), level (0..9, "
+                         "best_speed, best_compression, default, none), mem_level (1..9), strategy "
+                         "(default, filtered, huffman_only, rle, fixed), min_size (bytes; smaller messages "
+                         "go uncompressed); default: level 1, no server context takeover, window 15; "
+                         "trade-offs measured in docs/howto/compression.md")
     ws.add_argument("--max-frame-size", type=_limit("max_frame_size"), metavar="BYTES",
                     help="largest frame, inflated payload and message accepted; bigger ones close "
                          "with 1009 (default: 1000000; 'infinity' for no limit)")
@@ -292,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ws_options: dict[str, Any] = {}
     if args.compress:
         ws_options["compress"] = True
+    if args.deflate_opts is not None:
+        if not args.compress:
+            parser.error("--deflate-opts needs --compress")
+        ws_options["deflate_opts"] = args.deflate_opts
     if args.max_frame_size is not None:
         ws_options["max_frame_size"] = args.max_frame_size
     if args.idle_timeout is not None:

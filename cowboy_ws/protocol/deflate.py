@@ -13,14 +13,18 @@ bytes. Framing (RSV1, fragmentation) belongs to the connection state machine.
 
 Window bits (see DESIGN.md): zlib and zlib-ng refuse to *deflate* a raw stream
 with an 8-bit window, so this module never agrees to compress with 8 bits and
-never silently compresses with 9 when 8 was agreed. Inflation always uses a
-32 KiB window (``wbits=-15``): a larger inflate window decodes any smaller one.
+never silently compresses with 9 when 8 was agreed. Inflation uses the window
+the peer agreed to (at least 9 bits: a larger inflate window decodes any
+smaller one, and a peer told 8 may deflate with 9).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import zlib as _stdlib_zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     # Checked against the stdlib's API, which zlib-ng's mirrors (its own stub declares ``error``
@@ -59,8 +63,11 @@ EXTENSION_NAME = "permessage-deflate"
 #: removed by the sender and appended again by the receiver (§7.2.2).
 _TAIL = b"\x00\x00\xff\xff"
 
-#: Inflate window: the largest, which decodes every window size (RFC 7692 §7.1.2).
-_INFLATE_WBITS = -15
+#: A deflater kept with its connection (context takeover) is the stdlib's zlib: zlib-ng's hash table is
+#: 128 KiB whatever ``server_max_window_bits`` and ``mem_level`` ask for, the stdlib's shrinks with them
+#: (per connection, after 8 KiB of JSON: zlib-ng 216 KiB at window 15, 142 at 10; stdlib 116 KiB at
+#: window 15 memory level 8, 37 at 12 and 5, 25 at 10 and 5; bench/README.md).
+_TAKEOVER_ZLIB = _stdlib_zlib
 
 #: First output chunk of a bounded inflate; later chunks double (see _inflate).
 _FIRST_CHUNK = 256 * 1024
@@ -87,6 +94,17 @@ _WINDOW_BITS_VALUES = {str(n): n for n in range(8, 16)}
 Offers = list[tuple[str, list[tuple[str, "str | None"]]]]
 
 
+#: Cowboy's (Erlang zlib's) names for levels and strategies, accepted next to the numbers.
+_LEVELS = {"none": 0, "default": -1, "best_speed": 1, "best_compression": 9}
+_STRATEGIES = {"default": 0, "filtered": 1, "huffman_only": 2, "rle": 3, "fixed": 4}
+#: Cowboy's ``takeover | no_takeover`` for the two context-takeover settings.
+_TAKEOVER = {"takeover": True, "no_takeover": False, True: True, False: False}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class DeflateOptions:
     """Local configuration of permessage-deflate (Cowboy's ``deflate_opts``).
@@ -97,6 +115,19 @@ class DeflateOptions:
     of the client; as a client they are what :func:`client_offer` offers.
     Messages shorter than ``min_size`` are sent uncompressed (RSV1 unset),
     which RFC 7692 §6 allows for any message.
+
+    Cowboy's spellings are accepted and normalized: ``level`` ``"none"``,
+    ``"default"``, ``"best_speed"``, ``"best_compression"`` or -1..9;
+    ``strategy`` ``"default"``, ``"filtered"``, ``"huffman_only"``, ``"rle"``,
+    ``"fixed"`` or 0..4; ``server_context_takeover`` / ``client_context_takeover``
+    ``"takeover"`` / ``"no_takeover"`` (or True / False); window bits 8..15;
+    ``mem_level`` 1..9. Anything else raises :class:`UsageError` naming the key
+    and the accepted values.
+
+    With context takeover our deflater lives as long as the connection, so it
+    is the stdlib's zlib, whose memory follows ``*_max_window_bits`` and
+    ``mem_level`` (zlib-ng's does not go below ~140 KiB); without it one
+    zlib-ng deflater per loop serves every connection.
     """
 
     level: int = DEFAULT_LEVEL
@@ -109,18 +140,45 @@ class DeflateOptions:
     min_size: int = 0
 
     def __post_init__(self) -> None:
-        if not -1 <= self.level <= 9:
-            raise UsageError(f"deflate level must be -1..9, got {self.level!r}")
-        if not 1 <= self.mem_level <= 9:
-            raise UsageError(f"deflate mem_level must be 1..9, got {self.mem_level!r}")
-        if not 0 <= self.strategy <= 4:
-            raise UsageError(f"deflate strategy must be 0..4, got {self.strategy!r}")
+        fix = object.__setattr__  # frozen: normalize Cowboy's names once, here
+        level = _LEVELS.get(self.level, self.level) if isinstance(self.level, str) else self.level
+        if not (_is_int(level) and -1 <= level <= 9):
+            raise UsageError(f"deflate_opts level: expected -1..9 or one of {', '.join(map(repr, _LEVELS))}, "
+                             f"not {self.level!r}")
+        fix(self, "level", level)
+        if not (_is_int(self.mem_level) and 1 <= self.mem_level <= 9):
+            raise UsageError(f"deflate_opts mem_level: expected 1..9, not {self.mem_level!r}")
+        strategy = _STRATEGIES.get(self.strategy, self.strategy) if isinstance(self.strategy, str) else self.strategy
+        if not (_is_int(strategy) and 0 <= strategy <= 4):
+            raise UsageError(f"deflate_opts strategy: expected 0..4 or one of {', '.join(map(repr, _STRATEGIES))}, "
+                             f"not {self.strategy!r}")
+        fix(self, "strategy", strategy)
+        for name in ("server_context_takeover", "client_context_takeover"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, bool)) or value not in _TAKEOVER:
+                raise UsageError(f"deflate_opts {name}: expected 'takeover' or 'no_takeover' (or True / False), "
+                                 f"not {value!r}")
+            fix(self, name, _TAKEOVER[value])
         for name in (_SERVER_MAX_BITS, _CLIENT_MAX_BITS):
             bits = getattr(self, name)
-            if not 8 <= bits <= 15:
-                raise UsageError(f"{name} must be 8..15, got {bits!r}")
-        if self.min_size < 0:
-            raise UsageError(f"min_size must be >= 0, got {self.min_size!r}")
+            if not (_is_int(bits) and 8 <= bits <= 15):
+                raise UsageError(f"deflate_opts {name}: expected 8..15, not {bits!r}")
+        if not (_is_int(self.min_size) and self.min_size >= 0):
+            raise UsageError(f"deflate_opts min_size: expected an int >= 0, not {self.min_size!r}")
+
+    def updated(self, changes: Mapping[str, Any]) -> DeflateOptions:
+        """These options with ``changes`` (a Cowboy ``deflate_opts`` map) applied.
+
+        An unknown key raises :class:`UsageError` listing the known ones; a bad
+        value one naming the key and what it accepts (see the class).
+        """
+        if not isinstance(changes, Mapping):
+            raise UsageError(f"deflate_opts: expected a dict of deflate settings, not {changes!r}")
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(str(k) for k in changes if k not in known)
+        if unknown:
+            raise UsageError(f"deflate_opts: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -382,11 +440,13 @@ class PerMessageDeflate:
         if is_server:
             agreed_bits = params.server_max_window_bits
             own_bits = options.server_max_window_bits
+            peer_bits = params.client_max_window_bits
             self._send_no_takeover = params.server_no_context_takeover or not options.server_context_takeover
             self._recv_no_takeover = params.client_no_context_takeover
         else:
             agreed_bits = params.client_max_window_bits
             own_bits = options.client_max_window_bits
+            peer_bits = params.server_max_window_bits
             self._send_no_takeover = params.client_no_context_takeover or not options.client_context_takeover
             self._recv_no_takeover = params.server_no_context_takeover
         if not 8 <= agreed_bits <= 15:
@@ -397,6 +457,8 @@ class PerMessageDeflate:
         # Never compress with a larger window than agreed (RFC 7692 §7.1.2);
         # a smaller one (our own limit, at least 9) is always fine.
         self._send_wbits = -min(agreed_bits, max(9, own_bits))
+        # RFC 7692 §7.1.2: the peer's window is at most what it agreed to; 9 for 8 (zlib deflates 8 as 9).
+        self._inflate_wbits = -max(9, min(15, peer_bits))
         self._shared_key = (options.level, self._send_wbits, options.mem_level, options.strategy)
         self._deflater: zlib._Compress | None = None
         self._inflater: zlib._Decompress | None = None
@@ -451,7 +513,8 @@ class PerMessageDeflate:
         else:
             deflater = self._deflater
             if deflater is None:
-                deflater = zlib.compressobj(o.level, zlib.DEFLATED, self._send_wbits, o.mem_level, o.strategy)
+                lib = zlib if self._send_no_takeover else _TAKEOVER_ZLIB  # kept: the smaller one
+                deflater = lib.compressobj(o.level, zlib.DEFLATED, self._send_wbits, o.mem_level, o.strategy)
             body = deflater.compress(data)
             tail = deflater.flush(zlib.Z_SYNC_FLUSH)
             # §7.2.1: no context takeover -> the next message starts with an empty window.
@@ -489,9 +552,9 @@ class PerMessageDeflate:
         if inflater is None:
             history = self._history
             if history:
-                inflater = self._inflater = zlib.decompressobj(_INFLATE_WBITS, zdict=history)
+                inflater = self._inflater = zlib.decompressobj(self._inflate_wbits, zdict=history)
             else:
-                inflater = self._inflater = zlib.decompressobj(_INFLATE_WBITS)
+                inflater = self._inflater = zlib.decompressobj(self._inflate_wbits)
         self._in_message = not final
         try:
             if self._ended:
@@ -596,12 +659,12 @@ class PerMessageDeflate:
             self._inflater = None
 
     def memory_estimate(self) -> int:
-        """Rough bytes held by the zlib objects (zlib-ng's allocation sizes) and the kept output."""
+        """Rough bytes held by the zlib objects (their allocation sizes) and the kept output."""
         total = 0
-        if self._deflater is not None:
-            total += (4 << -self._send_wbits) + (1 << 17) + (256 << self.options.mem_level) + 24 * 1024
+        if self._deflater is not None:  # the stdlib's: window, prev and head, pending buffer, state
+            total += (4 << -self._send_wbits) + (512 << self.options.mem_level) + 6 * 1024
         if self._inflater is not None:
-            total += (1 << -_INFLATE_WBITS) + 10 * 1024
+            total += (1 << -self._inflate_wbits) + 10 * 1024
         elif self._history:
             total += len(self._history)
         return total
