@@ -14,7 +14,8 @@ listening), chosen by the request path:
 Environment read by the scripts: ``BENCH_COMPRESS=1`` enables permessage-deflate (negotiated only
 when the client offers it), ``BENCH_HIBERNATE=1`` (cowboy_ws only) makes the handler return
 ``hibernate`` from ``websocket_init`` and after every message, ``BENCH_METRICS=1`` (cowboy_ws
-only) turns Prometheus metrics on (``metrics_port=0``), ``COWBOY_WS_PURE=1`` forces
+only) turns Prometheus metrics on (``metrics_port=0``), ``BENCH_DEFLATE_OPTS`` (cowboy_ws only, a
+JSON object) is its ``deflate_opts``, ``COWBOY_WS_PURE=1`` forces
 cowboy_ws' pure-Python kernels.  Idle timeouts and automatic pings are off everywhere so
 that idle or receive-only connections stay open for the whole run.
 
@@ -135,8 +136,11 @@ class Handler:
         return ("ok", state)
     def websocket_info(self, info, state):
         return ("ok", state)
+import json
+DEFLATE_OPTS = json.loads(os.environ.get("BENCH_DEFLATE_OPTS") or "{}")
 srv = cowboy_ws.Server([("_", Handler(), None)], host="127.0.0.1", port=0,
-                       ws_options={"compress": COMPRESS, "idle_timeout": "infinity"},
+                       ws_options={"compress": COMPRESS, "idle_timeout": "infinity",
+                                   **({"deflate_opts": DEFLATE_OPTS} if DEFLATE_OPTS else {})},
                        metrics_port=0 if os.environ.get("BENCH_METRICS") == "1" else None)
 sys.stderr.write("backend %s\n" % cowboy_ws.backend())
 ready(srv.port)
@@ -386,7 +390,7 @@ def env_for(pure: bool = False, compress: bool = False, hibernate: bool = False,
     """The environment of a server subprocess: the repo on PYTHONPATH, the bench switches."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("COWBOY_WS_PURE", "BENCH_COMPRESS", "BENCH_HIBERNATE", "BENCH_TRACEMALLOC",
-                         "BENCH_PROFILE", "BENCH_METRICS")}
+                         "BENCH_PROFILE", "BENCH_METRICS", "BENCH_DEFLATE_OPTS")}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     if pure:
         env["COWBOY_WS_PURE"] = "1"

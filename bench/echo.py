@@ -5,7 +5,9 @@ client, this process, to another), every number taken from the *server* process:
 
   1. echo16   16-byte text echo, 64 messages in flight
   2. echo64k  64 KiB binary echo, 4, 16 and 64 in flight (MB/s one way; --window64k)
-  3. json     1 KiB JSON text echo with permessage-deflate negotiated (client compresses, inflates)
+  3. json     1 KiB JSON text echo with permessage-deflate negotiated (client compresses, inflates);
+              server -> client bytes per message; cowboy_ws again with other deflate_opts (context
+              takeover at windows 15, 12, 10, memory level 5, websockets' settings; DEFLATE_VARIANTS)
   4. bcast    one 16-byte message broadcast to 1,000 connections per "go" from a control connection
   5. idle     10,000 idle connections: RSS per connection (cowboy_ws: plain / hibernated, with and
               without compression; peers: plain)
@@ -429,6 +431,7 @@ class DeflateReplies:
         self.have = 0
         self.messages = 0
         self.inflated = 0
+        self.wire = 0  # bytes of the data frames received, headers included (server -> client)
         self.parts: list[bytes] = []
         self.compressed = False
         self.first: bytes | None = None
@@ -471,6 +474,7 @@ class DeflateReplies:
                 continue  # no pings from these servers; pongs ignored
             if op != OP_CONT:
                 self.compressed = bool(b0 & 0x40)
+            self.wire += h + ln
             self.parts.append(payload)
             if b0 & 0x80:
                 data = b"".join(self.parts) if len(self.parts) > 1 else self.parts[0]
@@ -741,6 +745,7 @@ def json_deflate(pool: list[bytes], in_flight: int, settle: int):
             if rep2.inflated != want:
                 raise ConnectionError(f"inflated {rep2.inflated} bytes, sent {want}")
             r["wire_out"] = stream.offs[settle + n] - stream.offs[settle]
+            r["wire_in"] = rep2.wire
             r["raw"] = want
             r["neg"] = neg.header
             return r
@@ -899,6 +904,22 @@ def run_rounds(labels: list[str], servers: dict[str, ServerProc], fn: Callable[[
     return {lb: runs for lb, runs in results.items() if runs and lb not in errors}
 
 
+#: Scenario 3's extra cowboy_ws servers: label suffix -> deflate_opts (the default is no server
+#: context takeover, window 15, level 1; these keep the context).
+DEFLATE_VARIANTS = {
+    "takeover w15": {"server_context_takeover": "takeover"},
+    "takeover w12": {"server_context_takeover": "takeover", "server_max_window_bits": 12},
+    "takeover w10": {"server_context_takeover": "takeover", "server_max_window_bits": 10},
+    "takeover w12 m5": {"server_context_takeover": "takeover", "server_max_window_bits": 12, "mem_level": 5},
+    "takeover w10 m5": {"server_context_takeover": "takeover", "server_max_window_bits": 10, "mem_level": 5},
+    # websockets' default compression settings (window 12, memory level 5, zlib's default level 6)
+    "takeover w12 L6 m5": {"server_context_takeover": "takeover", "server_max_window_bits": 12, "level": 6,
+                           "mem_level": 5},
+}
+#: label -> deflate_opts of the scenario 3 variants registered in this run
+DEFLATE_LABELS: dict[str, dict] = {}
+
+
 def start_servers(labels: list[str], defs: dict[str, tuple[str, bool]], core: int | None, compress: bool,
                   errors: dict[str, str], profile: bool = False) -> dict[str, ServerProc]:
     servers: dict[str, ServerProc] = {}
@@ -907,6 +928,8 @@ def start_servers(labels: list[str], defs: dict[str, tuple[str, bool]], core: in
         extra = {"BENCH_PROFILE": "1"} if profile and script == "cowboy_ws" else {}
         if lb == METRICS_LABEL:
             extra["BENCH_METRICS"] = "1"
+        if lb in DEFLATE_LABELS:
+            extra["BENCH_DEFLATE_OPTS"] = json.dumps(DEFLATE_LABELS[lb])
         try:
             servers[lb] = ServerProc(lb, script, env_for(pure=pure, compress=compress, extra=extra), core)
         except Exception as exc:  # noqa: BLE001
@@ -1119,6 +1142,13 @@ class Bench:
         errors_note = []
         if "picows" in self.labels:
             errors_note.append("picows: skipped (no permessage-deflate support)")
+        if self.ref and not self.args.no_deflate_variants:  # the ref server again, with other deflate_opts
+            for suffix, opts in DEFLATE_VARIANTS.items():
+                label = f"{'C' if self.ref == C_LABEL else 'pure'} {suffix}"
+                self.defs[label] = self.defs[self.ref]
+                DEFLATE_LABELS[label] = opts
+                labels.append(label)
+            errors_note.append("variants: " + "; ".join(f"{lb}: deflate_opts={o}" for lb, o in DEFLATE_LABELS.items()))
         summary = self._echo_common(
             "json", "3. echo of ~1 KiB JSON text messages with permessage-deflate, 16 in flight",
             [f"{n} messages per run, {self.rounds(5, 3)} rounds; client offers {DEFLATE_OFFER!r}, compresses "
@@ -1126,9 +1156,18 @@ class Bench:
              f"{len(pool)} distinct seeded-random order documents, {min(sizes)}-{max(sizes)} bytes, deflate to "
              f"{ratio:.0%} of their size with context takeover"] + errors_note,
             json_deflate(pool, 16, settle=500), n, self.rounds(5, 3), labels, True)
-        negs = {lb: runs[0].get("neg") for lb, runs in self.out["scenarios"]["json"]["runs"].items()}
-        for lb, h in negs.items():
-            print(f"   {lb}: server answered {h!r}")
+        runs_by = self.out["scenarios"]["json"]["runs"]
+        ws_bytes = [r["wire_in"] / r["n"] for r in runs_by.get("websockets", [])]
+        print(f"   server -> client bytes per message (data frames, headers included) and server CPU; raw "
+              f"{statistics.median(r['raw'] / r['n'] for rs in runs_by.values() for r in rs):.0f} B/msg")
+        print(f"   {'server':<24} {'B/msg':>7} {'vs websockets':>13} {'CPU us/msg':>10} {'msg/s':>8}  answered")
+        for lb, runs in runs_by.items():
+            per = [r["wire_in"] / r["n"] for r in runs]
+            vs = paired_ratio(per, ws_bytes) if ws_bytes else None
+            summary[lb]["bytes_per_msg"] = med_min_max(per)
+            summary[lb]["bytes_vs_websockets"] = vs
+            print(f"   {lb:<24} {statistics.median(per):>7.1f} {(f'{vs[0]:.3f}x' if vs else '-'):>13} "
+                  f"{summary[lb]['cpu_us'][0]:>10.2f} {summary[lb]['rate'][0]:>8,.0f}  {runs[0].get('neg')!r}")
         return summary
 
     def s4(self) -> dict:
@@ -1318,6 +1357,12 @@ class Bench:
             if r:
                 rows.append({"target": "  (info) 1 KiB JSON deflate: pure msg/s vs websockets",
                              "value": f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]", "status": "info", "note": ""})
+        js = sc.get("json", {}).get("summary", {})
+        for lb in DEFLATE_LABELS:  # goal 6: bandwidth with context takeover at a small window
+            vs = js.get(lb, {}).get("bytes_vs_websockets")
+            if "w15" not in lb and vs:
+                row(f"1 KiB JSON deflate: {lb} B/msg <= 1.05x websockets'", f"{vs[0]:.3f}x [{vs[1]:.3f}-{vs[2]:.3f}]",
+                    vs[0] <= 1.05)
         idle = sc.get("idle", {}).get("summary", {})
         for lb in ([C_LABEL] if self.has_c else []) + [PURE_LABEL]:
             if lb not in self.defs:
@@ -1400,6 +1445,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broadcasts", type=int, default=0, help="broadcasts per run (default 300, --quick 40)")
     ap.add_argument("--idle", type=int, default=0, help="idle connections (default 10000, --quick 2000)")
     ap.add_argument("--max-run-s", type=float, default=120.0, help="give up a run after this many seconds")
+    ap.add_argument("--no-deflate-variants", action="store_true",
+                    help="scenario 3: only the servers' defaults (not cowboy_ws again with context takeover "
+                         "at windows 15, 12, 10 and with websockets' settings)")
     ap.add_argument("--json", metavar="FILE", help="write every run and summary to FILE")
     ap.add_argument("--idle-breakdown", type=int, nargs="?", const=500, default=0, metavar="N",
                     help="instead of the scenarios: tracemalloc of N (500) idle cowboy_ws connections, top sites")
