@@ -66,7 +66,7 @@ _TAIL = b"\x00\x00\xff\xff"
 #: A deflater kept with its connection (context takeover) is the stdlib's zlib: zlib-ng's hash table is
 #: 128 KiB whatever ``server_max_window_bits`` and ``mem_level`` ask for, the stdlib's shrinks with them
 #: (per connection, after 8 KiB of JSON: zlib-ng 216 KiB at window 15, 142 at 10; stdlib 116 KiB at
-#: window 15 memory level 8, 37 at 12 and 5, 25 at 10 and 5; bench/README.md).
+#: window 15 memory level 8, 37 at 12 and 5, 25 at 10 and 5; docs/howto/compression.md).
 _TAKEOVER_ZLIB = _stdlib_zlib
 
 #: First output chunk of a bounded inflate; later chunks double (see _inflate).
@@ -121,7 +121,7 @@ class DeflateOptions:
     ``strategy`` ``"default"``, ``"filtered"``, ``"huffman_only"``, ``"rle"``,
     ``"fixed"`` or 0..4; ``server_context_takeover`` / ``client_context_takeover``
     ``"takeover"`` / ``"no_takeover"`` (or True / False); window bits 8..15;
-    ``mem_level`` 1..9. Anything else raises :class:`UsageError` naming the key
+    ``mem_level`` 1..9. Anything else raises ``UsageError`` naming the key
     and the accepted values.
 
     With context takeover our deflater lives as long as the connection, so it
