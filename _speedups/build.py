@@ -36,7 +36,10 @@ void cw_unmask_join(char *dst, const char *head, size_t offset, size_t n_head, c
 int64_t cw_utf8_feed(const char *data, size_t n, int64_t state);
 int64_t cw_parse_frames(const char *src, char *dst, size_t n, size_t pos, int flags, int64_t limit,
                         int64_t *rec, size_t cap);
+int64_t cw_parse_simple(const char *src, char *dst, size_t n, size_t pos, int flags, int64_t limit,
+                        int64_t *rec, size_t cap);
 
+#define CW_CHECK_UTF8 16
 #define CW_MASK_REQUIRED 1
 #define CW_RSV1_ALLOWED 2
 #define CW_HAS_LIMIT 4

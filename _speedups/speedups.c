@@ -400,3 +400,57 @@ int64_t cw_parse_frames(const char *csrc, char *dst, size_t n, size_t pos, int f
     rec[3] = detail;
     return (int64_t)count;
 }
+
+int64_t cw_parse_simple(const char *csrc, char *dst, size_t n, size_t pos, int flags, int64_t limit,
+                        int64_t *rec, size_t cap)
+{
+    const unsigned char *buf = (const unsigned char *)csrc;
+    int64_t *out = rec + 4;
+    size_t count = 0, texts = 0;
+    uint64_t text_bytes = 0, binary_bytes = 0;
+    uint64_t max = CW_LARGE_PAYLOAD - 1;
+
+    if ((flags & CW_HAS_LIMIT) && limit < (int64_t)max)
+        max = limit < 0 ? 0 : (uint64_t)limit;
+    while (n - pos >= 6 && count < cap) {
+        unsigned b0 = buf[pos], b1 = buf[pos + 1];
+        size_t start = pos + 2;
+        uint64_t length = b1 & 0x7F;
+        /* FIN, no RSV bit, text or binary; masked (every other header stops the run) */
+        if ((b0 != 0x81 && b0 != 0x82) || !(b1 & 0x80))
+            break;
+        if (length == 126) {
+            if (n - start < 2)
+                break;
+            length = ((uint64_t)buf[start] << 8) | buf[start + 1];
+            start += 2;
+            if (length < 126)
+                break;
+        } else if (length == 127) {
+            break; /* 64-bit lengths are >= 65536: large */
+        }
+        if (length > max || n - start < 4 || (uint64_t)(n - start - 4) < length)
+            break;
+        start += 4;
+        cw_mask(dst + start, csrc + start, (size_t)length, csrc + start - 4);
+        if ((flags & CW_CHECK_UTF8) && b0 == 0x81 && cw_utf8_feed(dst + start, (size_t)length, 0) != 0)
+            break;
+        out[0] = b0 & 0x0F;
+        out[1] = (int64_t)start;
+        out[2] = (int64_t)(start + length);
+        out += 3;
+        count++;
+        if (b0 == 0x81) {
+            texts++;
+            text_bytes += length;
+        } else {
+            binary_bytes += length;
+        }
+        pos = start + (size_t)length;
+    }
+    rec[0] = (int64_t)pos;
+    rec[1] = (int64_t)texts;
+    rec[2] = (int64_t)text_bytes;
+    rec[3] = (int64_t)binary_bytes;
+    return (int64_t)count;
+}

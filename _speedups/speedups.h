@@ -56,6 +56,22 @@ int64_t cw_utf8_feed(const char *data, size_t n, int64_t state);
 int64_t cw_parse_frames(const char *src, char *dst, size_t n, size_t pos, int flags, int64_t limit,
                         int64_t *rec, size_t cap);
 
+/* The small-message fast path of a server's read (RFC 6455 §5.2, §5.3, §8.1): parse the masked frames
+ * of src[pos..n) while each is a whole data message that needs nothing more, that is FIN set, RSV1-3
+ * clear, opcode text or binary, masked, a minimally encoded payload length under CW_LARGE_PAYLOAD
+ * (and `limit` when CW_HAS_LIMIT is in flags) and, with CW_CHECK_UTF8, a text payload that is valid
+ * UTF-8 as a whole.  It stops, without an error, before the first frame that is anything else
+ * (broken, incomplete, a control or a fragment, large, invalid text, or the cap-th): the caller
+ * hands the rest to cw_parse_frames and the connection's general path, which raise the errors.
+ * Payloads are unmasked into dst (never src) at the same offsets.  rec[0] = the position after
+ * the last frame taken, rec[1] = how many of them are text, rec[2] = their payload bytes, rec[3] =
+ * the binary ones' payload bytes (for the metrics); then 3 int64 per frame: opcode, payload start,
+ * payload end.  Returns the number of frames taken. */
+int64_t cw_parse_simple(const char *src, char *dst, size_t n, size_t pos, int flags, int64_t limit,
+                        int64_t *rec, size_t cap);
+
+#define CW_CHECK_UTF8 16
+
 #define CW_MASK_REQUIRED 1
 #define CW_RSV1_ALLOWED 2
 #define CW_HAS_LIMIT 4

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the differential tests of the C kernels (tests/test_speedups.py) under valgrind's memcheck:
+# Run the differential tests of the C kernels (tests/test_speedups*.py) under valgrind's memcheck:
 #
 #   bash _speedups/valgrind.sh          # from anywhere; extra arguments go to pytest
 #
@@ -65,7 +65,7 @@ find "$stage/cowboy_ws" \( -name "_speedups.*.so" -o -name "_speedups.*.pyd" -o 
     cat "$work/build.log" >&2
     exit 2
 }
-cp "$root/tests/test_speedups.py" "$stage/"
+cp "$root/tests/test_speedups.py" "$root/tests/test_speedups_messages.py" "$stage/"
 printf '[pytest]\n' > "$stage/pytest.ini"
 
 cd "$stage"
@@ -80,4 +80,4 @@ export HYPOTHESIS_STORAGE_DIRECTORY="$work/hypothesis"
 echo "valgrind.sh: $("$python" -c 'import sys; print(sys.version.split()[0])'), $COWBOY_WS_DIFF_EXAMPLES examples" >&2
 exec valgrind --error-exitcode=1 --errors-for-leak-kinds=definite --leak-check=no \
     --quiet --num-callers=30 --suppressions="$root/_speedups/valgrind.supp" "${extra[@]}" \
-    "$python" -m pytest test_speedups.py -q -s -p no:cacheprovider -x "$@"
+    "$python" -m pytest test_speedups.py test_speedups_messages.py -q -s -p no:cacheprovider -x "$@"

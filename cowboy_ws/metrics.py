@@ -25,7 +25,9 @@ metric                                      type     labels
 
 A connection that ends without any Close (TCP lost) counts as ``code="1006"``, ``side="remote"``.
 Broadcast deliveries count as sent messages of each member.  A read's messages (and the replies they
-get on the fast path) are summed in local variables and stored once per read.  With ``--workers N`` the parent
+get on the fast path) are counted once per read, in bulk: the protocol connection adds up what it
+parses (``Connection.counts``; the C parser's records sum a run of small messages), and a read's
+replies are counted with the one call that frames them (:meth:`Stats.sent_all`).  With ``--workers N`` the parent
 serves the metrics of every worker, each sample labelled ``worker="i"``; the workers write
 their numbers to a directory every :data:`SNAPSHOT_INTERVAL` seconds, so a scrape sees them at
 most that old.
@@ -49,6 +51,8 @@ __all__ = ["SNAPSHOT_INTERVAL", "MetricsServer", "Stats", "StatsCollector"]
 SNAPSHOT_INTERVAL = 1.0
 #: Seconds a scrape's request may take to arrive (a slow client cannot hold the server up longer).
 REQUEST_TIMEOUT = 2.0
+
+_ZEROS = (0, 0, 0, 0)
 
 _COUNTERS = ("connections", "in_text", "in_binary", "in_text_bytes", "in_binary_bytes", "out_text",
              "out_binary", "out_text_bytes", "out_binary_bytes", "crashes")
@@ -91,6 +95,28 @@ class Stats:
         else:
             self.out_binary += 1
             self.out_binary_bytes += size
+
+    def received(self, counts: list[int]) -> None:
+        """Add a connection's ``[text, text bytes, binary, binary bytes]`` (messages received) and zero them."""
+        self.in_text += counts[0]
+        self.in_text_bytes += counts[1]
+        self.in_binary += counts[2]
+        self.in_binary_bytes += counts[3]
+        counts[:] = _ZEROS
+
+    def sent_all(self, frames: list[tuple[str, bytes]], size: int | None = None) -> None:
+        """Count messages sent, ``(kind, payload)`` each, as :meth:`sent` would; ``size``: the payload
+        bytes of them all when they are known to be of one kind (the kind of the first)."""
+        if size is not None:
+            if frames[0][0] == "text":
+                self.out_text += len(frames)
+                self.out_text_bytes += size
+            else:
+                self.out_binary += len(frames)
+                self.out_binary_bytes += size
+            return
+        for kind, data in frames:
+            self.sent(kind, len(data))
 
     def refused(self, status: int) -> None:
         self.refusals[status] = self.refusals.get(status, 0) + 1

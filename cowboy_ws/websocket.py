@@ -62,6 +62,13 @@ from .sendbuffer import WOULD_BLOCK, SendBuffer
 
 log = logging.getLogger(__name__)
 _monotonic = time.monotonic
+
+
+def _index(events: list, event: Any) -> int:
+    """Where ``event`` (that very object) is in ``events``."""
+    return next(i for i, e in enumerate(events) if e is event)
+
+
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _NO_ARG: Any = object()  # _call's second callback argument, when there is none
 
@@ -146,6 +153,8 @@ class WebSocketProcess:
         self._info = handler.websocket_info
         #: the owner's cowboy_ws.metrics.Stats, None with metrics off (each counting site tests it)
         self.stats = owner.stats
+        if self.stats is not None:
+            conn.counts = [0, 0, 0, 0]  # the messages received, added up by the protocol layer
 
     def __repr__(self) -> str:
         return f"<WebSocketProcess {self.cid} {self.pid!r} {self.phase}>"
@@ -358,9 +367,14 @@ class WebSocketProcess:
         if events:
             if self.phase is OPEN:
                 self._dispatch(events)
-            elif self.phase is DRAINING and events[-1][0] == "close" and self.role == "server":
-                self._finish()  # the peer's Close after our Close and FIN: the closing handshake is done
-                return          # (a client reads on until the server's FIN, RFC 6455 §7.1.1)
+            else:
+                conn.uncount(events)  # not delivered: not counted
+                if self.phase is DRAINING and events[-1][0] == "close" and self.role == "server":
+                    self._finish()  # the peer's Close after our Close and FIN: the closing handshake is done
+                    return          # (a client reads on until the server's FIN, RFC 6455 §7.1.1)
+        counts = conn.counts
+        if counts is not None and self.stats is not None:
+            self.stats.received(counts)  # metrics: this read's messages, stored once
         # the peer's Close answering ours completes the closing handshake: flush finishes or drains (§7.1.1)
         if conn.has_data_to_send or (self.phase is CLOSING and conn.state is CONN_CLOSED):
             self.loop.mark_dirty(self)
@@ -479,46 +493,75 @@ class WebSocketProcess:
     # -- dispatch ------------------------------------------------------------------
 
     def _dispatch(self, events: list) -> None:
-        stats = self.stats
-        if stats is not None:  # metrics: this read's numbers summed in locals, stored once
-            tn = tb = bn = bb = otn = otb = obn = obb = 0
+        """Run the handler on a read's events, in order, while the connection is open.
+
+        The per-message hot path: a text or binary message's call is :meth:`_call` inlined (its
+        try block is free in CPython 3.11 until something raises); a ``("reply", (kind, bytes),
+        state)`` result is collected, and the run of replies is queued by one
+        ``Connection.send_messages`` before anything else is queued or done (the order holds).
+        With metrics on, the messages are counted by the protocol layer (``conn.counts``), the
+        replies once per run, in bulk.
+        """
+        handle = self._handle
+        loop = self.loop
+        pid = self.pid
+        replies: list = []
         for event in events:
             if self.phase is not OPEN:
+                self.conn.uncount(events[_index(events, event):])  # not delivered: not counted
                 break
             kind = event[0]
+            if kind == "text" or kind == "binary":
+                loop.self_pid = pid  # self() inside the callback
+                try:
+                    result = handle(event, self.state)
+                    if type(result) is tuple and self.phase is OPEN:
+                        n = len(result)
+                        if n == 3:
+                            frame = result[1]
+                            if (result[0] == "reply" and type(frame) is tuple and len(frame) == 2
+                                    and type(frame[1]) is bytes and (frame[0] == "text" or frame[0] == "binary")):
+                                self.state = result[2]
+                                replies.append(frame)
+                                continue
+                        elif n == 2 and result[0] == "ok":
+                            self.state = result[1]
+                            continue
+                    if replies:
+                        self._send_replies(replies)
+                        replies = []
+                    self._apply(result)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # Erlang: a crash (error, or exit) ends this process only
+                    if replies:
+                        self._send_replies(replies)
+                        replies = []
+                    self._crashed(exc)
+                continue
+            if replies:
+                self._send_replies(replies)
+                replies = []
             if kind == "close":
                 code, payload = event[1], event[2]
                 self._begin_close(("remote", code, payload) if code is not None else "remote")
             elif kind == "error":
-                exc = event[1]
-                log.info("[%s] protocol error, closing %d: %s", self.cid, exc.code, exc)
-                self._begin_close(("error", exc.reason))
-            elif stats is None:
-                self._call(self._handle, event, self.state)
+                err = event[1]
+                log.info("[%s] protocol error, closing %d: %s", self.cid, err.code, err)
+                self._begin_close(("error", err.reason))
             else:
-                if kind == "text":
-                    tn += 1
-                    tb += len(event[1])
-                elif kind == "binary":
-                    bn += 1
-                    bb += len(event[1])
-                sent = self._call(self._handle, event, self.state)  # the fast path's reply frame, else None
-                if sent is not None:
-                    if sent[0] == "text":
-                        otn += 1
-                        otb += len(sent[1])
-                    else:
-                        obn += 1
-                        obb += len(sent[1])
-        if stats is not None:
-            stats.in_text += tn
-            stats.in_text_bytes += tb
-            stats.in_binary += bn
-            stats.in_binary_bytes += bb
-            stats.out_text += otn
-            stats.out_text_bytes += otb
-            stats.out_binary += obn
-            stats.out_binary_bytes += obb
+                self._call(self._handle, event, self.state)
+        loop.self_pid = None
+        if replies:
+            self._send_replies(replies)
+
+    def _send_replies(self, replies: list) -> None:
+        """Queue the replies collected by :meth:`_dispatch` (``(kind, bytes)`` each), and count them."""
+        conn = self.conn
+        if conn.state is CONN_OPEN or conn.can_send:
+            size = conn.send_messages(replies)
+            if self.stats is not None:
+                self.stats.sent_all(replies, size)
 
     def deliver(self, msg: Any) -> None:
         """A message for ``websocket_info`` (from :meth:`Pid.send`): queue it, handle it this round."""
@@ -547,12 +590,11 @@ class WebSocketProcess:
             self._mailbox_scheduled = True
             self.loop.call_soon(self._drain_mailbox)
 
-    def _call(self, callback: Any, arg: Any, state: Any = _NO_ARG) -> tuple | None:
+    def _call(self, callback: Any, arg: Any, state: Any = _NO_ARG) -> None:
         """Run one handler callback, ``callback(arg, state)`` (``callback(arg)`` for websocket_init),
         and apply its result; whatever it raises (but KeyboardInterrupt) is a crash (1011).
 
-        Returns the reply frame when the result took the fast path (one text/binary reply), for the
-        metrics; every other message sent is counted where it is queued."""
+        (:meth:`_dispatch` has this inlined for a read's text and binary messages.)"""
         loop = self.loop
         loop.self_pid = self.pid  # self() inside the callback
         try:
@@ -569,23 +611,27 @@ class WebSocketProcess:
                             conn = self.conn
                             if conn.state is CONN_OPEN or conn.can_send:
                                 conn.send_message(kind, data)
-                                return frame  # _dispatch counts it (metrics)
-                            return None
+                                if self.stats is not None:
+                                    self.stats.sent(kind, len(data))
+                            return
                 elif n == 2 and result[0] == "ok":
                     self.state = result[1]
-                    return None
+                    return
             self._apply(result)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # Erlang: a crash (error, or exit) ends this process only
-            kind = crash_class(exc)
-            log.error("[%s] handler %r crashed (%s)", self.cid, self.handler, kind, exc_info=exc)
-            if self.stats is not None:
-                self.stats.crashes += 1
-            self._begin_close(("crash", kind, exc), "crash")
+            self._crashed(exc)
         finally:
             loop.self_pid = None
-        return None
+
+    def _crashed(self, exc: BaseException) -> None:
+        """A callback raised (anything but KeyboardInterrupt) or returned a bad result: close 1011."""
+        kind = crash_class(exc)
+        log.error("[%s] handler %r crashed (%s)", self.cid, self.handler, kind, exc_info=exc)
+        if self.stats is not None:
+            self.stats.crashes += 1
+        self._begin_close(("crash", kind, exc), "crash")
 
     def _apply(self, result: Any) -> None:
         """Interpret a call result (docs/design.md, the contract table); every frame and command of it

@@ -35,7 +35,8 @@ from .parse import parse_frames as _py_parse_frames
 if TYPE_CHECKING:
     from .parse import ParsedFrame, ParserSettings
 
-__all__ = ["Utf8Validator", "mask", "parse_frames", "parse_frames_c", "unmask_join", "validate_utf8"]
+__all__ = ["Utf8Validator", "mask", "parse_frames", "parse_frames_c", "parse_messages", "unmask_join",
+           "validate_utf8"]
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _from_buffer = ffi.from_buffer
@@ -47,6 +48,7 @@ _c_unmask_at = lib.cw_unmask_at
 _c_unmask_join = lib.cw_unmask_join
 _c_utf8_feed: Callable[[Any, int, int], int] = lib.cw_utf8_feed
 _c_parse: Callable[[Any, Any, int, int, int, int, Any, int], int] = lib.cw_parse_frames
+_c_parse_simple: Callable[[Any, Any, int, int, int, int, Any, int], int] = lib.cw_parse_simple
 _from_bytes = int.from_bytes
 
 # ---- masking (RFC 6455 §5.3) ---------------------------------------------------------------
@@ -356,3 +358,77 @@ def parse_frames_c(parser: ParserSettings, data: bytes | bytearray | memoryview,
     if err:  # the C parser's error id: the exception from the table the reference uses too
         raise frame_error(err, v[3], limit)
     return pos
+
+
+# ---- a server's small messages (RFC 6455 §5.2, §5.3, §8.1) ------------------------------------
+
+_CHECK_UTF8 = lib.CW_CHECK_UTF8
+#: Frames one cw_parse_simple call records (3 int64 each) in the pooled records buffer.
+_SIMPLE_CAP = 5 * _CAP // 3
+_KIND_NAME: Callable[[int], str] = ("", "text", "binary").__getitem__  # by opcode (RFC 6455 §5.2)
+#: Reads shorter than this (one or two small frames) take the general path: there the call
+#: into C costs more than it saves (``python bench/bench_speedups.py``).
+MESSAGES_SMALL = 64
+
+
+def parse_messages(parser: ParserSettings, data: bytes | bytearray | memoryview, check_utf8: bool,
+                   counts: list[int] | None = None) -> tuple[list[tuple[str, bytes]], int]:
+    """A server's run of small whole messages at the start of ``data``, as events; and the bytes they take.
+
+    The fast path of :meth:`.connection.Connection.receive_data` while no message is in
+    progress: one C call (``cw_parse_simple``) parses and unmasks (RFC 6455 §5.2, §5.3) the
+    masked frames that are each a whole, uncompressed text or binary message under
+    ``CW_LARGE_PAYLOAD`` bytes (and ``max_frame_size``), checks text as UTF-8 when
+    ``check_utf8`` (§8.1), and the events ``("text" | "binary", payload)`` are built
+    without a Python loop.  It stops before anything else, errors included, and leaves that
+    to the general path, so a frame is either taken here or parsed there, never both.
+    Returns ``([], 0)`` for a client's parser, a short input, or odd arguments.  ``counts``
+    (metrics), if given, gets the messages added: ``[text, text bytes, binary, binary bytes]``.
+    """
+    limit = parser.max_frame_size
+    n = len(data)
+    if n < MESSAGES_SMALL or not parser.mask_required:
+        return [], 0
+    if limit is None:
+        flags = 0
+        lim = 0
+    elif type(limit) is int:
+        flags = _HAS_LIMIT
+        lim = limit if 0 <= limit < _NO_LIMIT else (-1 if limit < 0 else _NO_LIMIT - 1)
+    else:
+        return [], 0
+    if check_utf8:
+        flags |= _CHECK_UTF8
+    cls = type(data)
+    if cls is bytes:
+        src: Any = data
+    elif cls is bytearray or (cls is memoryview and data.c_contiguous and data.itemsize == 1):  # type: ignore[union-attr]
+        src = _from_buffer(data)
+    else:
+        return [], 0
+    bufs = _pool.pop() if _pool else (_alloc("int64_t[]", 4 + 5 * _CAP), _alloc("char[]", _SCRATCH))
+    rec = bufs[0]
+    dst = bufs[1] if n <= _SCRATCH else _alloc("char[]", n)
+    pos = 0
+    events: list[tuple[str, bytes]] = []
+    while True:
+        c = _c_parse_simple(src, dst, n, pos, flags, lim, rec, _SIMPLE_CAP)
+        if not c:
+            break
+        v = _unpack_ints(rec, 4 + 3 * c)
+        pos = v[0]
+        out = _unpack(dst, pos)  # one copy of the run (payloads at their offsets), sliced per payload below
+        # the events built by C-level iterators: no bytecode per message
+        events += zip(map(_KIND_NAME, v[4::3]), map(out.__getitem__, map(slice, v[5::3], v[6::3])), strict=False)
+        if counts is not None:  # the C parser's sums
+            counts[0] += v[1]
+            counts[1] += v[2]
+            counts[2] += c - v[1]
+            counts[3] += v[3]
+        if c < _SIMPLE_CAP:
+            break
+    _pool.append(bufs)
+    if src is not data:
+        _release(src)
+    return events, pos
+

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import closecodes
@@ -55,7 +56,7 @@ from .frames import (
     frame_header,
     serialize_frame,
 )
-from .kernels import Utf8Validator, Utf8ValidatorType, validate_utf8
+from .kernels import Utf8Validator, Utf8ValidatorType, parse_messages, validate_utf8
 from .limits import MAX_FRAME_SIZE
 
 BytesLike = bytes | bytearray | memoryview
@@ -71,6 +72,11 @@ CLOSING = "closing"    # this side sent a Close frame and waits for the peer's (
 CLOSED = "closed"      # the closing handshake is done or the connection was failed
 
 _KIND = {OP_TEXT: "text", OP_BINARY: "binary"}
+#: The header of an unmasked final text / binary frame by payload length (< 126), RFC 6455 §5.2.
+_SMALL_HEAD = {"text": tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126)),
+               "binary": tuple(bytes((0x80 | OP_BINARY, n)) for n in range(126))}
+_kinds = itemgetter(0)
+_payloads = itemgetter(1)
 
 #: Payloads of at least this many bytes are queued apart from their header (no concatenation
 #: copy): the runtime writes header and payload with one sendmsg.
@@ -126,7 +132,7 @@ class Connection:
     __slots__ = ("role", "state", "max_frame_size", "validate_utf8", "deflate", "compress",
                  "close_code", "close_reason", "_parser", "_out", "_mask_key",
                  "_msg_kind", "_msg_parts", "_msg_size", "_msg_compressed", "_utf8",
-                 "_close_reply", "_partial_checked")
+                 "_close_reply", "_partial_checked", "counts")
 
     def __init__(self, role: Role = "server", *, max_frame_size: int | None = MAX_FRAME_SIZE,
                  validate_utf8: bool = True, deflate: PerMessageDeflate | None = None,
@@ -154,6 +160,9 @@ class Connection:
         self._utf8: Utf8ValidatorType | None = None
         self._close_reply: bytes | None = None  # automatic Close, queued behind the batch's replies
         self._partial_checked = 0               # payload bytes of an incomplete text frame already validated
+        #: metrics, when the runtime sets it: whole messages received, added up as they are parsed,
+        #: ``[text, text bytes, binary, binary bytes]`` (the runtime takes and zeroes them)
+        self.counts: list[int] | None = None
 
     # -- receiving -----------------------------------------------------------------
 
@@ -161,6 +170,36 @@ class Connection:
         """Feed bytes from the peer; return the events they complete (RFC 6455 §5-§7)."""
         if self.state == CLOSED or not data:
             return []
+        if (parse_messages is not None and self.state is OPEN and self._msg_kind is None
+                and not self._partial_checked and not self._parser._buf):
+            # C backend: a run of small whole messages in one call; the rest, if any, below
+            events, pos = parse_messages(self._parser, data, self.validate_utf8, self.counts)
+            if pos:
+                if pos < len(data):
+                    events += self._receive(data[pos:])
+                return events
+        return self._receive(data)
+
+    def _count(self, events: list[Event], sign: int = 1) -> None:
+        """Add the messages among ``events`` to :attr:`counts` (metrics, general path)."""
+        counts = self.counts
+        assert counts is not None
+        for event in events:
+            kind = event[0]
+            if kind == "text":
+                counts[0] += sign
+                counts[1] += sign * len(event[1])
+            elif kind == "binary":
+                counts[2] += sign
+                counts[3] += sign * len(event[1])
+
+    def uncount(self, events: list[Event]) -> None:
+        """Take the messages among ``events`` back out of :attr:`counts` (the runtime did not deliver them)."""
+        if self.counts is not None:
+            self._count(events, -1)
+
+    def _receive(self, data: BytesLike) -> list[Event]:
+        """:meth:`receive_data`'s general path: any frames, through the parser and the message rules."""
         events: list[Event] = []
         try:
             frames = self._parser.feed(data)
@@ -168,6 +207,8 @@ class Connection:
             self._handle_frames(getattr(exc, "frames", ()), events)
             if self.state != CLOSED:
                 self._fail(exc, events)
+            if self.counts is not None:
+                self._count(events)
             return events
         self._handle_frames(frames, events)
         if self.validate_utf8 and self.state is not CLOSED:
@@ -177,6 +218,8 @@ class Connection:
                     self._check_partial_text(*head)
                 except ProtocolError as exc:
                     self._fail(exc, events)
+        if self.counts is not None:
+            self._count(events)
         return events
 
     def _check_partial_text(self, opcode: int, rsv1: int) -> None:
@@ -361,6 +404,29 @@ class Connection:
             out.append(data if type(data) is bytes else bytes(data))
         else:
             self._out.append(frame_header(opcode, n) + data)
+
+    def send_messages(self, frames: list[tuple[str, bytes]]) -> int | None:
+        """Queue whole messages ``(kind, data)`` in order, each as :meth:`send_message` would.
+
+        A server's small uncompressed messages of one kind (a read's replies) are framed by
+        C-level iterators, headers from a table, and queued as one buffer (RFC 6455 §5.2):
+        then the payload bytes queued are returned (for the metrics), else None.
+        """
+        payloads = list(map(_payloads, frames))
+        lens = list(map(len, payloads))
+        if self._mask_key is None and not self.compress and self.state is OPEN and max(lens) < 126:
+            kind = frames[0][0]
+            heads = _SMALL_HEAD.get(kind)
+            if heads is not None and list(map(_kinds, frames)).count(kind) == len(frames):
+                parts = payloads * 2  # the right length; every other item becomes a header
+                parts[::2] = map(heads.__getitem__, lens)
+                parts[1::2] = payloads
+                data = b"".join(parts)
+                self._out.append(data)
+                return len(data) - 2 * len(frames)  # 2-byte headers
+        for kind, data in frames:
+            self.send_message(kind, data)
+        return None
 
     def send_text(self, data: BytesLike | str) -> None:
         """Queue a text message (RFC 6455 §5.6)."""

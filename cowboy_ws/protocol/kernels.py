@@ -7,6 +7,9 @@ Two backends with the same contracts:
 * ``"c"``: the C mirror compiled from ``_speedups/`` into ``cowboy_ws._speedups``
   (cffi), wrapped by :mod:`._ckernels`.
 
+The C backend has one more kernel, :data:`parse_messages` (None with pure Python): a
+server's run of small whole messages parsed, validated and turned into events in one call.
+
 The C backend is chosen at import when ``cowboy_ws._speedups`` imports and the
 environment variable ``COWBOY_WS_PURE`` is unset or ``0``; ``COWBOY_WS_PURE=1``
 forces pure Python.  ``cowboy_ws.backend()`` returns :data:`BACKEND`.  Every
@@ -21,15 +24,16 @@ whole package has no import cycle).
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .mask import mask, unmask_join
 from .parse import parse_frames
 from .utf8 import Utf8Validator as _PyUtf8Validator
 from .utf8 import validate_utf8
 
-__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "Utf8ValidatorType", "mask", "parse_frames", "pure_forced",
-           "unmask_join", "validate_utf8"]
+__all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "Utf8ValidatorType", "mask", "parse_frames",
+           "parse_messages", "pure_forced", "unmask_join", "validate_utf8"]
 
 
 class Utf8ValidatorType(Protocol):
@@ -42,6 +46,10 @@ class Utf8ValidatorType(Protocol):
 
 #: The incremental UTF-8 validator class of the backend (RFC 6455 §8.1).
 Utf8Validator: type[Utf8ValidatorType] = _PyUtf8Validator
+
+#: ``_ckernels.parse_messages(parser, data, check_utf8, counts) -> (events, bytes used)`` with the
+#: C backend; None with pure Python, whose general path is as fast (RFC 6455 §5.2, §8.1).
+parse_messages: Callable[[Any, Any, bool, list[int] | None], tuple[list[tuple[str, bytes]], int]] | None = None
 
 #: ``"c"`` or ``"python"``.
 BACKEND = "python"
@@ -67,4 +75,5 @@ else:
         Utf8Validator = _ckernels.Utf8Validator
         validate_utf8 = _ckernels.validate_utf8
         parse_frames = _ckernels.parse_frames
+        parse_messages = _ckernels.parse_messages
         BACKEND = "c"
