@@ -1126,8 +1126,8 @@ class Bench:
         for window in self.args.window64k:  # one table per depth, each with its own interleaved rounds
             summaries[window] = self._echo_common(
                 echo64k_key(window), f"2. echo of 64 KiB binary messages, {window} in flight, no compression",
-                [f"{n} messages per run, {self.rounds(5, 3)} rounds; MB/s = messages/s x 65,536 bytes, one way; "
-                 f"the next message is sent as each reply is back ({window} outstanding)"],
+                [(f"{n} messages per run, {self.rounds(5, 3)} rounds; MB/s = messages/s x 65,536 bytes, one way; "
+                  f"the next message is sent as each reply is back ({window} outstanding)")],
                 echo_fixed(65536, OP_BINARY, window), n, self.rounds(5, 3), self.labels, False, mbps=65536,
                 warm_n=max(50, n // 8))
         return summaries
