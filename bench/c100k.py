@@ -93,6 +93,7 @@ HIBERNATE = os.environ.get("C100K_HIBERNATE") == "1"
 START_TIMEOUT = 30.0        # a server (or Redis) to listen
 HANDSHAKE_TIMEOUT = 30.0    # a client connection to be upgraded, from its connect
 GROUP_TIMEOUT = 120.0       # every member to be seen in the group by the control's worker
+SETTLE_TIMEOUT = 60.0       # the server's CPU to go quiet before a measurement
 EMPTY_TIMEOUT = 60.0        # every member gone from the group after the last close
 BCAST_TIMEOUT = 30.0        # every delivery of one broadcast
 DRAIN_TIMEOUT = 10.0        # in-flight echoes after the round-trip phase
@@ -586,6 +587,17 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         return 0.0, 0.0
 
 
+def settle(server: ServerProc) -> float:
+    """Wait (at most SETTLE_TIMEOUT) until the server processes use under 5 % of a core; how long it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < SETTLE_TIMEOUT:
+        cpu = server.cpu()
+        time.sleep(1.0)
+        if server.cpu() - cpu < 0.05:
+            break
+    return time.monotonic() - t0
+
+
 class ServerProc:
     """``python -m cowboy_ws c100k:Handler ...`` in its own session, its log in a file."""
 
@@ -856,7 +868,7 @@ def one_pass(args: argparse.Namespace, hibernate: bool, net: int) -> dict:
                                f"{args.connections:,}")
             time.sleep(0.2)
         r["group_s"] = time.monotonic() - t0
-        time.sleep(2.0)  # the other workers finish applying the joins they received
+        r["settle_s"] = settle(server)  # the other workers finish applying the joins they received
         rss = server.rss()
         r["rss_per_conn"] = (rss - base_rss) / args.connections
         r["rss_mib"] = rss / 2**20
@@ -893,6 +905,7 @@ def one_pass(args: argparse.Namespace, hibernate: bool, net: int) -> dict:
         r["bcast_client_us"] = client_cpu / deliveries * 1e6
         print(f"  broadcasts: {', '.join(f'{t * 1000:.0f} ms' for t in times)}; lost {lost}", flush=True)
 
+        settle(server)
         active = min(args.active, args.connections)
         act_shares = [active // k + (1 if i < active % k else 0) for i in range(k)]
         cpu1 = server.cpu()
@@ -982,7 +995,7 @@ def table(args: argparse.Namespace, results: list[dict]) -> None:
         ("  CPU per upgrade: server / redis (us)",
          lambda r: f"{r['server_cpu_connect_s'] / r['upgraded'] * 1e6:,.0f} / "
                    f"{r['redis_cpu_connect_s'] / r['upgraded'] * 1e6:,.0f}"),
-        ("group complete after (s)", lambda r: f"{r['group_s']:.1f}"),
+        ("group complete / server idle after (s)", lambda r: f"{r['group_s']:.1f} / {r['settle_s']:.0f}"),
         ("server RSS baseline / loaded (MiB)", lambda r: f"{r['base_rss_mib']:.1f} / {r['rss_mib']:.1f}"),
         ("server RSS per idle connection (KiB)", lambda r: f"{r['rss_per_conn'] / 1024:.2f}"),
         ("redis RSS growth (MiB)", lambda r: f"{r['redis_rss_delta_mib']:.1f}"),
