@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import base64
 import errno
+import gc
 import hashlib
 import json
 import os
@@ -133,6 +134,10 @@ class Handler:
         if frame[1] == b"bcast":
             cowboy_ws.broadcast(GROUP, ("text", BCAST))
             return ("reply", ("text", "done"), state)
+        if frame[1] == b"gc":  # how long a full collection stops this worker's loop, over how many objects
+            t0 = time.perf_counter()
+            gc.collect()
+            return ("reply", ("text", f"{(time.perf_counter() - t0) * 1000:.1f} {len(gc.get_objects())}"), state)
         return ("reply", ("text", "?"), state)
 
     @staticmethod
@@ -905,12 +910,19 @@ def one_pass(args: argparse.Namespace, hibernate: bool, net: int) -> dict:
         r["bcast_client_us"] = client_cpu / deliveries * 1e6
         print(f"  broadcasts: {', '.join(f'{t * 1000:.0f} ms' for t in times)}; lost {lost}", flush=True)
 
+        pause, objects = control.ask(b"gc").split()
+        r["gc_ms"], r["gc_objects"] = float(pause), int(objects)
         settle(server)
         active = min(args.active, args.connections)
-        act_shares = [active // k + (1 if i < active % k else 0) for i in range(k)]
+        # the active connections in as few client processes as hold them: fewer busy processes on the
+        # cores, less scheduling delay in the figures that is the clients' own
+        act_shares, left = [], active
+        for share in shares:
+            act_shares.append(min(share, left))
+            left -= act_shares[-1]
         cpu1 = server.cpu()
         for i, a in enumerate(act_shares):
-            clients.tell(f"rtt {args.rtt_seconds} {a} {args.rate}", only=[i])
+            clients.tell(f"rtt {args.rtt_seconds} {a} {args.rate}", only=[i])  # 0 active: drains at once
         res = clients.wait("rtt", args.rtt_seconds + DRAIN_TIMEOUT + 10)
         rtts = sorted(x for m in res for x in m["rtt"])
         sent = sum(m["sent"] for m in res)
@@ -1006,6 +1018,7 @@ def table(args: argparse.Namespace, results: list[dict]) -> None:
          lambda r: f"{r['bcast_server_us']:.1f} ({r['bcast_server_sys_us']:.1f}) / {r['bcast_client_us']:.1f}"),
         ("round trip p50 / p99 / max (ms)",
          lambda r: f"{r['rtt']['p50_ms']:.2f} / {r['rtt']['p99_ms']:.2f} / {r['rtt']['max_ms']:.1f}"),
+        ("  full GC in a worker: ms (tracked objects)", lambda r: f"{r['gc_ms']:.0f} ({r['gc_objects']:,})"),
         ("  echoes sent (server CPU us/msg)",
          lambda r: f"{r['rtt']['sent']:,} ({r['rtt']['server_cpu_us_per_msg']:.0f})"),
         ("errors", lambda r: str(sum(r["errors"].values())) + (f" {r['errors']}" if r["errors"] else "")),
