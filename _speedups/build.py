@@ -38,6 +38,7 @@ int64_t cw_parse_frames(const char *src, char *dst, size_t n, size_t pos, int fl
                         int64_t *rec, size_t cap);
 int64_t cw_parse_simple(const char *src, char *dst, size_t n, size_t pos, int flags, int64_t limit,
                         int64_t *rec, size_t cap);
+int64_t cw_send_many(const int *fds, size_t n, const char *buf, size_t len, int64_t *out);
 
 #define CW_CHECK_UTF8 16
 #define CW_MASK_REQUIRED 1

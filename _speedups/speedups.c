@@ -6,6 +6,12 @@
  */
 #include <string.h>
 
+#ifndef _WIN32
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#endif
+
 #include "speedups.h"
 
 /* ---- masking (RFC 6455 §5.3) ------------------------------------------------------------ */
@@ -453,4 +459,29 @@ int64_t cw_parse_simple(const char *csrc, char *dst, size_t n, size_t pos, int f
     rec[2] = (int64_t)text_bytes;
     rec[3] = (int64_t)binary_bytes;
     return (int64_t)count;
+}
+
+/* ---- a broadcast's writes ------------------------------------------------------------------ */
+
+int64_t cw_send_many(const int *fds, size_t n, const char *buf, size_t len, int64_t *out)
+{
+#ifdef _WIN32
+    size_t i;
+    for (i = 0; i < n; i++)
+        out[i] = -1; /* not here: the caller writes each itself */
+    return 0;
+#else
+    size_t i;
+    int64_t all = 0;
+    for (i = 0; i < n; i++) {
+        ssize_t r;
+        do {
+            r = send(fds[i], buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } while (r < 0 && errno == EINTR);
+        out[i] = r >= 0 ? (int64_t)r : (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -(int64_t)errno;
+        if ((size_t)out[i] == len)
+            all++;
+    }
+    return all;
+#endif
 }

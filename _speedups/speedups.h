@@ -72,6 +72,11 @@ int64_t cw_parse_simple(const char *src, char *dst, size_t n, size_t pos, int fl
 
 #define CW_CHECK_UTF8 16
 
+/* A broadcast's writes (POSIX): send(fds[i], buf, len, MSG_NOSIGNAL | MSG_DONTWAIT) for each of the
+ * n sockets, retried on EINTR; out[i] = the bytes the kernel took (0 when it would block), or
+ * -errno.  Returns how many took all len bytes.  (Windows: every out[i] = -1, nothing sent.) */
+int64_t cw_send_many(const int *fds, size_t n, const char *buf, size_t len, int64_t *out);
+
 #define CW_MASK_REQUIRED 1
 #define CW_RSV1_ALLOWED 2
 #define CW_HAS_LIMIT 4

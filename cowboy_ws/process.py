@@ -396,28 +396,29 @@ def _fanout(targets: list[Pid], frame: Any, wire: bytes) -> None:
     me = threading.get_ident()
     others: dict[Loop, list[Pid]] | None = None
     compressed: dict = {}  # compressed once per deflate setting, for the members that allow it
+    here = []
     for pid in targets:
         conn = pid._conn
         if conn is None:
             continue
         loop: Loop = pid._loop  # type: ignore[assignment]  # a Pid with a connection has its loop
         if loop.thread_id == me:
-            conn.send_broadcast(frame, wire, compressed)
+            here.append(conn)
         else:
             if others is None:
                 others = {}
             others.setdefault(loop, []).append(pid)
+    if here:
+        type(here[0]).send_broadcast_all(here, frame, wire, compressed)
     if others:
         for loop, pids in others.items():
             loop.call_soon_threadsafe(_broadcast_on_loop, pids, frame, wire)
 
 
 def _broadcast_on_loop(pids: list[Pid], frame: Any, wire: bytes) -> None:
-    compressed: dict = {}
-    for pid in pids:
-        conn = pid._conn
-        if conn is not None:
-            conn.send_broadcast(frame, wire, compressed)
+    here = [pid._conn for pid in pids if pid._conn is not None]
+    if here:
+        type(here[0]).send_broadcast_all(here, frame, wire, {})
 
 
 def deliver_broadcast(group: Hashable, frame: tuple[str, bytes], exclude_id: int | None) -> int:

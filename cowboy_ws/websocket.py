@@ -58,6 +58,7 @@ from .protocol.closecodes import RUNTIME_CLOSES
 from .protocol.connection import CLOSED as CONN_CLOSED
 from .protocol.connection import OPEN as CONN_OPEN
 from .protocol.connection import Connection
+from .protocol.kernels import send_many
 from .sendbuffer import WOULD_BLOCK, SendBuffer
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class WebSocketProcess:
         if conn.role != "server":
             self.role = conn.role
         self.sock = sock
+        self.fd = sock.fileno()  # for a broadcast's writes in one C call (send_broadcast_all)
         self.handler = handler
         self.state = state
         self.partial_req = partial_req
@@ -744,11 +746,69 @@ class WebSocketProcess:
                     conn.send_serialized(out)
                 else:
                     conn.send_message(kind, data)
+        elif not self.sendbuf.size and not conn.has_data_to_send and not self.is_tls:
+            # Nothing queued: write it now, as asyncio's transport.write does, instead of marking
+            # the connection for this round's flush (per member, that flush cost more than the write).
+            try:
+                sent = self.sock.send(wire)
+            except WOULD_BLOCK:
+                sent = 0
+            except OSError:  # queued instead: the flush meets the error and closes as usual
+                sent = -1
+            if sent < 0:
+                conn.send_serialized(wire)
+            else:
+                if sent < len(wire):
+                    self.sendbuf.append(memoryview(wire)[sent:] if sent else wire)
+                    self._after_write()  # interest in EVENT_WRITE, the water marks
+                if self.stats is not None and not wire[0] & 0x08:
+                    self.stats.sent(frame[0], payload_size(wire))
+                return
         else:
             conn.send_serialized(wire)
         if self.stats is not None and not wire[0] & 0x08:  # a data frame: count its payload
             self.stats.sent(frame[0], payload_size(wire))
         self.loop.mark_dirty(self)
+
+    @staticmethod
+    def send_broadcast_all(procs: list[WebSocketProcess], frame: Any, wire: bytes, compressed: dict) -> None:
+        """:meth:`send_broadcast` on each of ``procs`` (all on this thread's loop), the writes in one C call.
+
+        The members with nothing queued and an uncompressed, plain-TCP server connection get
+        ``wire`` written by one ``kernels.send_many`` call (the per-member work out of the
+        interpreter); what a kernel buffer did not take waits in that member's send buffer as
+        after a flush, and a member whose write failed gets it queued, so that its flush meets
+        the error and closes as usual.  The others, and everything without the C kernel, take
+        :meth:`send_broadcast`.
+        """
+        if send_many is None or len(procs) < 16:
+            for proc in procs:
+                proc.send_broadcast(frame, wire, compressed)
+            return
+        idle = [p for p in procs if p.phase is OPEN and p.role == "server" and not p.is_tls and not p.sendbuf.size
+                and not p.conn.compress and p.conn.state is CONN_OPEN and not p.conn.has_data_to_send]
+        if len(idle) < len(procs):
+            busy = set(idle)
+            for proc in procs:
+                if proc not in busy:
+                    proc.send_broadcast(frame, wire, compressed)
+        if not idle:
+            return
+        size = len(wire)
+        sent = send_many([p.fd for p in idle], wire)
+        if min(sent) < size:  # some kernel buffer is full, or a socket failed
+            for proc, n in zip(idle, sent, strict=True):
+                if n == size:
+                    continue
+                if n < 0:
+                    proc.conn.send_serialized(wire)
+                    proc.loop.mark_dirty(proc)
+                else:
+                    proc.sendbuf.append(memoryview(wire)[n:] if n else wire)
+                    proc._after_write()  # interest in EVENT_WRITE, the water marks
+        stats = idle[0].stats
+        if stats is not None and not wire[0] & 0x08:  # data frames: each member's message counted
+            stats.sent_all([frame] * len(idle), payload_size(wire) * len(idle))
 
     def _hibernate(self) -> None:
         """Release what an idle connection can rebuild: protocol buffers, zlib objects, an empty mailbox."""

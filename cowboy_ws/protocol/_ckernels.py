@@ -35,8 +35,8 @@ from .parse import parse_frames as _py_parse_frames
 if TYPE_CHECKING:
     from .parse import ParsedFrame, ParserSettings
 
-__all__ = ["Utf8Validator", "mask", "parse_frames", "parse_frames_c", "parse_messages", "unmask_join",
-           "validate_utf8"]
+__all__ = ["Utf8Validator", "mask", "parse_frames", "parse_frames_c", "parse_messages", "send_many",
+           "unmask_join", "validate_utf8"]
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _from_buffer = ffi.from_buffer
@@ -48,6 +48,7 @@ _c_unmask_at = lib.cw_unmask_at
 _c_unmask_join = lib.cw_unmask_join
 _c_utf8_feed: Callable[[Any, int, int], int] = lib.cw_utf8_feed
 _c_parse: Callable[[Any, Any, int, int, int, int, Any, int], int] = lib.cw_parse_frames
+_c_send_many: Callable[[Any, int, bytes, int, Any], int] = lib.cw_send_many
 _c_parse_simple: Callable[[Any, Any, int, int, int, int, Any, int], int] = lib.cw_parse_simple
 _from_bytes = int.from_bytes
 
@@ -432,3 +433,17 @@ def parse_messages(parser: ParserSettings, data: bytes | bytearray | memoryview,
         _release(src)
     return events, pos
 
+
+
+# ---- a broadcast's writes -------------------------------------------------------------------
+
+def send_many(fds: list[int], data: bytes) -> list[int]:
+    """``send(fd, data)`` on each socket (non-blocking, no SIGPIPE), all in one C call; what each took.
+
+    Per socket: the bytes the kernel took (0 when it would block), or ``-errno``.  POSIX only
+    (:mod:`.kernels` offers it only there).
+    """
+    n = len(fds)
+    out = _alloc("int64_t[]", n)
+    _c_send_many(ffi.new("int[]", fds), n, data, len(data), out)
+    return _unpack_ints(out, n)

@@ -7,8 +7,9 @@ Two backends with the same contracts:
 * ``"c"``: the C mirror compiled from ``_speedups/`` into ``cowboy_ws._speedups``
   (cffi), wrapped by :mod:`._ckernels`.
 
-The C backend has one more kernel, :data:`parse_messages` (None with pure Python): a
-server's run of small whole messages parsed, validated and turned into events in one call.
+The C backend has two more kernels (None with pure Python): :data:`parse_messages`, a
+server's run of small whole messages parsed, validated and turned into events in one call,
+and :data:`send_many`, one buffer written to many sockets in one call (a broadcast; POSIX).
 
 The C backend is chosen at import when ``cowboy_ws._speedups`` imports and the
 environment variable ``COWBOY_WS_PURE`` is unset or ``0``; ``COWBOY_WS_PURE=1``
@@ -33,7 +34,7 @@ from .utf8 import Utf8Validator as _PyUtf8Validator
 from .utf8 import validate_utf8
 
 __all__ = ["BACKEND", "C_UNAVAILABLE", "Utf8Validator", "Utf8ValidatorType", "mask", "parse_frames",
-           "parse_messages", "pure_forced", "unmask_join", "validate_utf8"]
+           "parse_messages", "pure_forced", "send_many", "unmask_join", "validate_utf8"]
 
 
 class Utf8ValidatorType(Protocol):
@@ -50,6 +51,8 @@ Utf8Validator: type[Utf8ValidatorType] = _PyUtf8Validator
 #: ``_ckernels.parse_messages(parser, data, check_utf8, counts) -> (events, bytes used)`` with the
 #: C backend; None with pure Python, whose general path is as fast (RFC 6455 §5.2, §8.1).
 parse_messages: Callable[[Any, Any, bool, list[int] | None], tuple[list[tuple[str, bytes]], int]] | None = None
+#: ``_ckernels.send_many(fds, data) -> [bytes taken or -errno, ...]`` with the C backend on POSIX, else None.
+send_many: Callable[[list[int], bytes], list[int]] | None = None
 
 #: ``"c"`` or ``"python"``.
 BACKEND = "python"
@@ -76,4 +79,6 @@ else:
         validate_utf8 = _ckernels.validate_utf8
         parse_frames = _ckernels.parse_frames
         parse_messages = _ckernels.parse_messages
+        if os.name == "posix":
+            send_many = _ckernels.send_many
         BACKEND = "c"
