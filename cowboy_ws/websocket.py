@@ -749,6 +749,8 @@ class WebSocketProcess:
         elif not self.sendbuf.size and not conn.has_data_to_send and not self.is_tls:
             # Nothing queued: write it now, as asyncio's transport.write does, instead of marking
             # the connection for this round's flush (per member, that flush cost more than the write).
+            if self.stats is not None and not wire[0] & 0x08:  # counted before the peer can see it
+                self.stats.sent(frame[0], payload_size(wire))
             try:
                 sent = self.sock.send(wire)
             except WOULD_BLOCK:
@@ -757,13 +759,11 @@ class WebSocketProcess:
                 sent = -1
             if sent < 0:
                 conn.send_serialized(wire)
-            else:
-                if sent < len(wire):
-                    self.sendbuf.append(memoryview(wire)[sent:] if sent else wire)
-                    self._after_write()  # interest in EVENT_WRITE, the water marks
-                if self.stats is not None and not wire[0] & 0x08:
-                    self.stats.sent(frame[0], payload_size(wire))
-                return
+                self.loop.mark_dirty(self)
+            elif sent < len(wire):
+                self.sendbuf.append(memoryview(wire)[sent:] if sent else wire)
+                self._after_write()  # interest in EVENT_WRITE, the water marks
+            return
         else:
             conn.send_serialized(wire)
         if self.stats is not None and not wire[0] & 0x08:  # a data frame: count its payload
@@ -794,6 +794,9 @@ class WebSocketProcess:
                     proc.send_broadcast(frame, wire, compressed)
         if not idle:
             return
+        stats = idle[0].stats
+        if stats is not None and not wire[0] & 0x08:  # data frames: each member's message, counted before
+            stats.sent_all([frame] * len(idle), payload_size(wire) * len(idle))  # a peer can see it
         size = len(wire)
         sent = send_many([p.fd for p in idle], wire)
         if min(sent) < size:  # some kernel buffer is full, or a socket failed
@@ -806,9 +809,6 @@ class WebSocketProcess:
                 else:
                     proc.sendbuf.append(memoryview(wire)[n:] if n else wire)
                     proc._after_write()  # interest in EVENT_WRITE, the water marks
-        stats = idle[0].stats
-        if stats is not None and not wire[0] & 0x08:  # data frames: each member's message counted
-            stats.sent_all([frame] * len(idle), payload_size(wire) * len(idle))
 
     def _hibernate(self) -> None:
         """Release what an idle connection can rebuild: protocol buffers, zlib objects, an empty mailbox."""
