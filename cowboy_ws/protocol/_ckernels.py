@@ -203,7 +203,9 @@ def validate_utf8(data: bytes | bytearray | memoryview) -> bool:
 #: Most frames recorded by one C call; more are parsed by calling again.
 _CAP = 512
 #: Size of the pooled buffer masked payloads are unmasked into; larger inputs get their own.
-_SCRATCH = 1 << 18  # >= websocket.READ_SIZE: one read never allocates (fresh pages fault)
+#: A quarter of the loop's 1 MiB reads: a full read of small frames rarely fills it, and a larger input's
+#: own buffer is cheap with the tuned malloc (cowboy_ws.memory); pooled, so its pages fault once.
+_SCRATCH = 1 << 18
 _NO_LIMIT = 1 << 63
 #: Batches whose frames average this many bytes or more are copied out frame by frame
 #: (one copy); smaller ones as one ``bytes`` sliced per frame (fewer calls, but two copies).
