@@ -155,6 +155,8 @@ class WebSocketProcess:
         self._info = handler.websocket_info
         #: the owner's cowboy_ws.metrics.Stats, None with metrics off (each counting site tests it)
         self.stats = owner.stats
+        #: _dispatch's run of replies not queued yet (None outside _dispatch)
+        self._replies: list | None = None
         if self.stats is not None:
             conn.counts = [0, 0, 0, 0]  # the messages received, added up by the protocol layer
 
@@ -502,12 +504,14 @@ class WebSocketProcess:
         state)`` result is collected, and the run of replies is queued by one
         ``Connection.send_messages`` before anything else is queued or done (the order holds).
         With metrics on, the messages are counted by the protocol layer (``conn.counts``), the
-        replies once per run, in bulk.
+        replies once per run, in bulk.  The run is ``self._replies`` meanwhile, so that a frame
+        queued by another way (a broadcast the handler makes to a group it is in) goes behind it.
         """
         handle = self._handle
         loop = self.loop
         pid = self.pid
         replies: list = []
+        self._replies = replies
         for event in events:
             if self.phase is not OPEN:
                 self.conn.uncount(events[_index(events, event):])  # not delivered: not counted
@@ -530,20 +534,18 @@ class WebSocketProcess:
                             self.state = result[1]
                             continue
                     if replies:
-                        self._send_replies(replies)
-                        replies = []
+                        self._send_replies()
                     self._apply(result)
                 except KeyboardInterrupt:
+                    self._replies = None
                     raise
                 except BaseException as exc:  # Erlang: a crash (error, or exit) ends this process only
                     if replies:
-                        self._send_replies(replies)
-                        replies = []
+                        self._send_replies()
                     self._crashed(exc)
                 continue
             if replies:
-                self._send_replies(replies)
-                replies = []
+                self._send_replies()
             if kind == "close":
                 code, payload = event[1], event[2]
                 self._begin_close(("remote", code, payload) if code is not None else "remote")
@@ -555,15 +557,18 @@ class WebSocketProcess:
                 self._call(self._handle, event, self.state)
         loop.self_pid = None
         if replies:
-            self._send_replies(replies)
+            self._send_replies()
+        self._replies = None
 
-    def _send_replies(self, replies: list) -> None:
-        """Queue the replies collected by :meth:`_dispatch` (``(kind, bytes)`` each), and count them."""
+    def _send_replies(self) -> None:
+        """Queue the replies :meth:`_dispatch` collected (``(kind, bytes)`` each), count them, empty the run."""
+        replies = self._replies
         conn = self.conn
-        if conn.state is CONN_OPEN or conn.can_send:
+        if replies and (conn.state is CONN_OPEN or conn.can_send):
             size = conn.send_messages(replies)
             if self.stats is not None:
                 self.stats.sent_all(replies, size)
+        replies.clear()  # type: ignore[union-attr]
 
     def deliver(self, msg: Any) -> None:
         """A message for ``websocket_info`` (from :meth:`Pid.send`): queue it, handle it this round."""
@@ -728,6 +733,8 @@ class WebSocketProcess:
         with its own window (RFC 7692 §7.2.1). Control frames (a broadcast ping)
         go out as ``wire`` everywhere (RFC 7692 §6.1).
         """
+        if self._replies:  # the handler now running broadcasts to its own group: its earlier replies first
+            self._send_replies()
         conn = self.conn
         if self.phase is not OPEN or not conn.can_send:
             return
@@ -786,7 +793,8 @@ class WebSocketProcess:
                 proc.send_broadcast(frame, wire, compressed)
             return
         idle = [p for p in procs if p.phase is OPEN and p.role == "server" and not p.is_tls and not p.sendbuf.size
-                and not p.conn.compress and p.conn.state is CONN_OPEN and not p.conn.has_data_to_send]
+                and not p.conn.compress and p.conn.state is CONN_OPEN and not p.conn.has_data_to_send
+                and not p._replies]
         if len(idle) < len(procs):
             busy = set(idle)
             for proc in procs:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 
+import pytest
+from conftest import wait_for
+from wsclient import masked
+
 import cowboy_ws
 from cowboy_ws import process
 from cowboy_ws.examples import echo
@@ -50,3 +54,31 @@ def test_broadcast_to_many_members_busy_and_gone_ones_included():
             peer.close()
         server.sock.close()
         server.loop.close()
+
+
+def _room_init(state):
+    cowboy_ws.join("room")
+    return ("ok", state)
+
+
+def _room_handle(frame, state):
+    """``b``: broadcast to the room (this connection is a member); anything else: echoed."""
+    if frame == ("text", b"b"):
+        cowboy_ws.broadcast("room", ("text", b"B"))
+        return ("ok", state)
+    return ("reply", frame, state)
+
+
+@pytest.mark.parametrize("members", [1, 20])  # 20: the one-C-call path for the idle members
+def test_a_handlers_broadcast_to_its_own_group_keeps_its_order(app, connect, members):
+    """Messages read in one go: the reply to the first leaves before the broadcast the second one
+    makes (the sender is a member), and the reply to the third after it, as if each were handled
+    alone (Cowboy: a process's frames leave in the order its callbacks produce them)."""
+    server = app(ws_init=_room_init, handle=_room_handle)
+    clients = [connect(server) for _ in range(members)]
+    sender = clients[0]
+    wait_for(lambda: len(process.members("room")) == members, what="every client in the room")
+    sender.send_raw(masked(0x1, b"r1") + masked(0x1, b"b") + masked(0x1, b"r2"))
+    assert [sender.recv_message() for _ in range(3)] == [("text", b"r1"), ("text", b"B"), ("text", b"r2")]
+    for other in clients[1:]:
+        assert other.recv_message() == ("text", b"B")
