@@ -832,6 +832,14 @@ class WebSocketProcess:
 
     def _close_timed_out(self) -> None:
         self._close_timer = None
+        if self.phase is CLOSING and self.conn.has_data_to_send:
+            # Our Close never reached the kernel (the round that queued it outlasted close_timeout,
+            # e.g. a slow terminate): the handshake starts now, with a timer of its own (once: the
+            # flush hands everything the core holds over).  RFC 6455 §7.1.1.
+            self.flush()
+            if self.phase is not CLOSED:
+                self._close_timer = self.loop.call_later(self.opts.close_timeout / 1000.0, self._close_timed_out)
+            return
         if self.phase is not CLOSED:
             log.info("[%s] closing handshake not done within %d ms (%d bytes unsent), dropping TCP",
                      self.cid, self.opts.close_timeout, self.sendbuf.size)
