@@ -153,9 +153,9 @@ def ws_options(overrides: dict) -> WebSocketOptions:
     deflate = changes.get("deflate_opts")
     if isinstance(deflate, dict):
         try:
-            changes["deflate_opts"] = dataclasses.replace(CLIENT_DEFLATE, **deflate)
-        except (TypeError, ValueError, UsageError) as exc:
-            raise ValueError(f"client option deflate_opts: {exc}") from None
+            changes["deflate_opts"] = CLIENT_DEFLATE.updated(deflate)  # unknown keys listed, values checked
+        except (ValueError, UsageError) as exc:
+            raise ValueError(f"client option {exc}") from None
     return WebSocketOptions(**CLIENT_WS_DEFAULTS).merged(changes)
 
 

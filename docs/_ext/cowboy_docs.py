@@ -45,8 +45,10 @@ WS_OPTIONS: dict[str, tuple[str, str]] = {
     "validate_utf8": ("", "Check that text messages and close reasons are UTF-8 (1007 if not)."),
     "req_filter": ("", "A function of the :class:`~cowboy_ws.req.Req` returning the *partial Req* "
                        "``terminate`` gets; ``None`` is :func:`~cowboy_ws.req.default_req_filter`."),
-    "deflate_opts": ("", "permessage-deflate settings: a dict of "
-                         ":class:`~cowboy_ws.protocol.deflate.DeflateOptions` fields."),
+    "deflate_opts": ("", "permessage-deflate settings: Cowboy's ``deflate_opts`` map (``level``, "
+                         "``mem_level``, ``strategy``, ``server_context_takeover``, ``client_context_takeover``, "
+                         "``server_max_window_bits``, ``client_max_window_bits``), checked; see the compression "
+                         "how-to."),
     "close_timeout": ("ms", "Time to finish a closing handshake (closing and draining) before TCP is dropped."),
     "send_high_water": ("bytes", "Send buffer above which the connection stops reading the socket "
                                  "(backpressure) ..."),
