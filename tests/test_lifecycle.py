@@ -516,36 +516,23 @@ def test_no_socket_left_after_a_crash(app, connect, rec):
         pass  # still accepting
 
 
-class _SlowTerminate:
-    """Echo, with a ``terminate`` that takes longer than the close timeout."""
-
-    @staticmethod
-    def init(req, state):
-        return ("cowboy_websocket", req, state)
-
-    @staticmethod
-    def websocket_handle(frame, state):
-        return ("ok", state)
-
-    @staticmethod
-    def websocket_info(info, state):
-        return ("ok", state)
+class _SlowTerminate(Scripted):
+    """The scripted handler, with a ``terminate`` that takes longer than the close timeout."""
 
     @staticmethod
     def terminate(reason, partial_req, state):
-        state["reasons"].append(reason)
+        Scripted.terminate(reason, partial_req, state)
         time.sleep(0.6)
 
 
 @pytest.mark.parametrize("who", ["peer", "handler"])
-def test_a_loop_round_longer_than_close_timeout_still_sends_the_close(serve, connect, who):
+def test_a_loop_round_longer_than_close_timeout_still_sends_the_close(serve, connect, rec, who):
     """The close timer must not drop TCP before our Close (the echo of the peer's, or the handler's
     own) was ever written: a terminate slower than close_timeout (200 ms) delays the round's flush."""
-    reasons: list = []
-    handler = type("Slow", (_SlowTerminate,), {})
+    script = {"rec": rec}
     if who == "handler":
-        handler.websocket_handle = staticmethod(lambda frame, state: ("stop", state))
-    server = serve([("/ws", handler, {"reasons": reasons})], ws_options={"close_timeout": 200})
+        script["handle"] = lambda frame, state: ("stop", state)
+    server = serve([("/ws", _SlowTerminate, script)], ws_options={"close_timeout": 200})
     client = connect(server)
     if who == "peer":
         client.send_close(1000)
@@ -553,4 +540,4 @@ def test_a_loop_round_longer_than_close_timeout_still_sends_the_close(serve, con
         client.send_text("stop")
     assert client.wait_close() == (1000, b"")  # (the test client answers a Close by itself)
     client.wait_eof()
-    assert reasons == [("remote", 1000, b"") if who == "peer" else "stop"]
+    assert rec.reason() == (("remote", 1000, b"") if who == "peer" else "stop")
