@@ -117,6 +117,10 @@ class WebSocketProcess:
     # changes): fewer instance attributes keep the per-message attribute loads specialized.
     _throttled = False               # reading paused: the send buffer went over send_high_water
     _ping_timer: Any = None          # keepalive (ping_interval) timer
+    #: the blocking client's hook (``blocking.Inbox.hold_failure``): asked when the peer's bad frame
+    #: fails the connection; True holds the failure until :meth:`release_failure`.  None elsewhere.
+    hold_failure: Any = None
+    _held: Any = None                # a held failure: (ProtocolError, its close_timeout timer)
     _close_timer: Any = None         # bounds closing + draining (close_timeout)
 
     #: The Close frame this side sent, ``(code, payload)``, once one is queued by the runtime or the handler
@@ -198,6 +202,12 @@ class WebSocketProcess:
         """
         if self.phase is not OPEN:
             return
+        if self._held is not None:  # a held protocol failure: its Close is the one sent, whatever ends it (§7.1.7)
+            err, timer = self._held
+            self._held = None
+            timer.cancel()
+            self.conn.hold_close(False)
+            reason, cause, frame = ("error", err.reason), None, None
         self.phase = check_transition(OPEN, CLOSING)
         self.reason = reason
         conn = self.conn
@@ -322,7 +332,7 @@ class WebSocketProcess:
         events = _WRITE if self.sendbuf.size else 0
         phase = self.phase
         if phase is OPEN:
-            if self.active and not self._throttled:
+            if self.active and not self._throttled and self._held is None:
                 events |= _READ
         elif phase is DRAINING or self.conn.state is not CONN_CLOSED:
             events |= _READ  # the peer's Close, or its FIN
@@ -551,6 +561,9 @@ class WebSocketProcess:
                 self._begin_close(("remote", code, payload) if code is not None else "remote")
             elif kind == "error":
                 err = event[1]
+                if self.hold_failure is not None and self.hold_failure():
+                    self._hold(err)
+                    break  # the last event (the core is failed)
                 log.info("[%s] protocol error, closing %d: %s", self.cid, err.code, err)
                 self._begin_close(("error", err.reason))
             else:
@@ -559,6 +572,23 @@ class WebSocketProcess:
         if replies:
             self._send_replies()
         self._replies = None
+
+    def _hold(self, err: Any) -> None:
+        """Hold a protocol failure (``hold_failure``): the core's Close waits (``Connection.hold_close``)
+        and nothing more is read, while the messages received before the bad frame may still be
+        answered; :meth:`release_failure`, or ``close_timeout`` at the latest, fails the connection."""
+        log.debug("[%s] protocol error held until the messages before it are taken: %s", self.cid, err)
+        self.conn.hold_close(True)
+        self._held = (err, self.loop.call_later(self.opts.close_timeout / 1000.0, self.release_failure))
+        self._set_interest(self._wanted_events())
+
+    def release_failure(self) -> None:
+        """Fail the connection with the held protocol error (RFC 6455 §7.1.7): its Close goes out
+        behind whatever was sent meanwhile.  Loop thread; nothing when none is held."""
+        if self._held is not None and self.phase is OPEN:
+            err = self._held[0]
+            log.info("[%s] protocol error, closing %d: %s", self.cid, err.code, err)
+            self._begin_close(("error", err.reason))
 
     def _send_replies(self) -> None:
         """Queue the replies :meth:`_dispatch` collected (``(kind, bytes)`` each), count them, empty the run."""

@@ -2,7 +2,7 @@
 
 Categories 1-5, 7 and 10 whole, and one case each of 9 (a 64 KiB text message), 12 (compression)
 and 13 (the offers of 13.2 and 13.5: client_no_context_takeover, a 9-bit window), on each kernel
-backend, with the handler API; and a few cases with the blocking API.  The whole suite (517
+backend, with the handler API; and categories 1-5 and a few more cases with the blocking API.  The whole suite (517
 cases) runs through ``python autobahn/run_client.py`` (see autobahn/README.md).
 """
 
@@ -38,11 +38,9 @@ def test_autobahn_client_subset(tmp_path, backend):
 
 
 def test_autobahn_client_blocking_api(tmp_path):
-    """The blocking API echoes too (framing, pings, UTF-8, the closing handshake, compression).
-
-    Not the cases where a message and a protocol error arrive in the same read (3.2-3.4, 4.1.3-4.1.5,
-    4.2.3-4.2.5, 5.15): the connection is failed before the caller's recv() could echo the message,
-    which the suite rates NON-STRICT (a handler replies within the same read: OK)."""
-    cases = ["1", "2", "5.1", "5.9", "6.4.1", "7.1.1", "7.5.1", "9.1.1", "13.2.1"]
+    """The blocking API echoes too (framing, pings, UTF-8, the closing handshake, compression),
+    strict: categories 3-5 hold a message and a protocol error in one read (3.2-3.4, 4.1.3-4.2.5,
+    5.15), and the echo of the message must leave before the Close (``Inbox.hold_failure``)."""
+    cases = ["1", "2", "3", "4", "5", "6.4.1", "7.1.1", "7.5.1", "9.1.1", "13.2.1"]
     _check(run_client.run_backend(run_client.available_backends()[-1], cases, tmp_path, api="blocking"),
-           16 + 11 + 7)
+           16 + 11 + 7 + 10 + 20 + 5)

@@ -220,6 +220,64 @@ def test_reserved_bits_and_opcodes_are_1002(raw):
     expect_failure(raw, bytes([0xC1, 1]) + b"x", 1002)   # RSV1 without permessage-deflate
 
 
+def _messages_then_bad_frame(raw):
+    """A server that sends a text and a binary message and a reserved opcode in one write, then
+    returns every frame of the client up to its Close (and answers that Close)."""
+
+    def script(sock, headers):
+        upgrade(sock, headers)
+        sock.sendall(serialize_frame(0x1, b"a") + serialize_frame(0x2, b"b") + bytes([0x83, 0]))
+        got, _ = read_frames(sock, until_close=True)
+        answer_close(sock, got)
+        return [(opcode, payload) for opcode, _fin, _rsv1, payload in got]
+
+    return raw(script)
+
+
+def test_messages_before_a_bad_frame_are_answered_before_the_close(raw):
+    """The blocking reader echoes each message it took; the failure (1002, RFC 6455 §7.1.7) waits
+    for it to come back for the next one, so the echoes leave before the Close, as a handler's
+    replies would (Autobahn 3.2-3.4, 4.1.3-4.2.5, 5.15)."""
+    server = _messages_then_bad_frame(raw)
+    ws = client.connect(server.url)
+    for _ in range(2):
+        frame = ws.recv(WAIT)
+        time.sleep(0.05)  # the reader is slower than the loop: the failure is already parsed
+        ws.send(frame)
+    with pytest.raises(cowboy_ws.ConnectionClosed) as info:
+        ws.recv(WAIT)
+    assert (info.value.code, info.value.side, info.value.terminate_reason) == (1002, "local", ("error", "badframe"))
+    assert server.done.wait(WAIT)
+    assert server.results == [[(0x1, b"a"), (0x2, b"b"), (0x8, (1002).to_bytes(2, "big"))]]
+    ws.close()
+
+
+def test_a_held_failure_ends_within_close_timeout_when_nobody_reads(raw):
+    """Nobody calls recv: the failure goes out after close_timeout anyway; the messages received
+    before it stay available, then recv raises."""
+    server = _messages_then_bad_frame(raw)
+    ws = client.connect(server.url, close_timeout=0.3)
+    assert server.done.wait(WAIT)
+    assert server.results == [[(0x8, (1002).to_bytes(2, "big"))]]
+    wait_for(lambda: ws.closed is not None, what="the connection closed")
+    assert [ws.recv(0), ws.recv(0)] == [("text", b"a"), ("binary", b"b")]
+    with pytest.raises(cowboy_ws.ConnectionClosed) as info:
+        ws.recv(0)
+    assert (info.value.code, info.value.side) == (1002, "local")
+    ws.close()
+
+
+def test_close_while_a_failure_is_held_sends_the_failures_code(raw):
+    server = _messages_then_bad_frame(raw)
+    ws = client.connect(server.url)
+    assert ws.recv(WAIT) == ("text", b"a")
+    time.sleep(0.05)
+    ws.close()  # not 1000: the connection was failed (§7.1.7) before we asked
+    assert server.done.wait(WAIT)
+    assert server.results == [[(0x8, (1002).to_bytes(2, "big"))]]
+    assert (ws.closed.code, ws.closed.side) == (1002, "local")
+
+
 def test_the_handler_api_fails_the_same_way_and_retries(raw):
     """A protocol error is a lost connection for retry: ("down", ...), then again, then terminate."""
 

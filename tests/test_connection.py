@@ -325,6 +325,23 @@ def test_replies_go_before_the_automatic_close():
             conn.send_text("late")
 
 
+def test_hold_close_keeps_the_failures_close_behind_later_messages():
+    """hold_close: the automatic Close of a failed connection (§7.1.7) waits, messages queued
+    meanwhile leave first, and the Close leaves once released."""
+    conn = Connection()
+    events = conn.receive_data(c(OP_TEXT, b"a") + c(3))  # a message, then a reserved opcode
+    assert events[0] == ("text", b"a") and error_of(events).code == 1002
+    conn.hold_close(True)
+    assert not conn.has_data_to_send and conn.data_to_send() == b""
+    assert conn.can_send
+    conn.send_text(b"a")
+    assert sent_frames(conn) == [(OP_TEXT, True, b"a")]
+    conn.hold_close(False)
+    assert conn.has_data_to_send
+    assert sent_frames(conn) == [(OP_CLOSE, True, (1002).to_bytes(2, "big"))]
+    assert not conn.can_send
+
+
 def test_send_close_twice_when_close_reply_pending():
     """Only one Close ever leaves: send_close after the peer's Close is a usage error."""
     conn = Connection()

@@ -19,6 +19,12 @@ handshake within ``close_timeout``, every limit).  The inbox hands each InFrame,
   a burst leave in one ``send`` system call.  A sender waits while more than ``send_high_water``
   bytes are unsent (the peer does not read).
 
+* A protocol failure (the server's bad frame, RFC 6455 §7.1.7) that follows messages the reader
+  has not answered yet (queued, or taken and the reader not back in ``recv``) is held
+  (:meth:`Inbox.hold_failure`): nothing more is read, and our Close waits until the reader asks for
+  the next message (or ``close_timeout``), so its answers leave before the Close, as a handler's
+  replies would.
+
 A frame tuple crosses threads as it is: no copy, no per-message lock.
 """
 
@@ -92,6 +98,8 @@ class Inbox:
         self.ping_lock = threading.Lock()
         self.loop: Any = None
         self.session: ClientSession | None = None
+        self.held = False           # a protocol failure waits for the reader (hold_failure; under cond)
+        self.busy = False           # the reader took a message and has not asked for the next (its flag)
 
     # -- the handler (loop thread) ----------------------------------------------------------
 
@@ -124,6 +132,19 @@ class Inbox:
         log.debug("connection closed: %s", self.closed)
         with self.cond:
             self.cond.notify_all()
+
+    def hold_failure(self) -> bool:
+        """The server's bad frame failed the connection (RFC 6455 §7.1.7): hold the failure while the
+        reader has messages from before it to take (queued, or the last one taken and the reader
+        not back in :meth:`~ClientConnection.recv` yet: it may be answering it), so that what it
+        sends in answer leaves before our Close, as a handler's replies would.  The reader's next
+        ``recv`` on an empty queue releases it (``close_timeout`` at the latest)."""
+        with self.cond:
+            if self.queue or self.busy:
+                self.held = True
+                self.cond.notify_all()
+                return True
+            return False
 
     def flush(self) -> None:
         """End of a loop round (Loop.mark_dirty): wake a waiting recv()."""
@@ -197,6 +218,12 @@ class Outbox:
         proc.loop.mark_dirty(proc)
 
 
+def _release_failure(session: ClientSession) -> None:
+    proc = session.proc
+    if proc is not None:
+        proc.release_failure()
+
+
 def _resume(session: ClientSession) -> None:
     proc = session.proc
     if proc is not None and proc.phase is OPEN:
@@ -236,6 +263,7 @@ class ClientConnection:
         inbox.loop = loop
         session = self._session = ClientSession(loop, opened.url, inbox, None, options)
         inbox.session = session
+        session.hold_failure = inbox.hold_failure
         self._loop = loop
         self._post = loop.call_soon_threadsafe
         self._closing = False
@@ -322,6 +350,7 @@ class ClientConnection:
         except IndexError:
             return self._recv_wait(timeout)
         inbox.out_bytes += len(frame[1])
+        inbox.busy = True
         if inbox.paused:
             self._maybe_resume()
         return frame
@@ -333,9 +362,13 @@ class ClientConnection:
         queue = inbox.queue
         deadline = None if timeout is None else time.monotonic() + timeout
         with inbox.cond:
+            inbox.busy = False
             while not queue:
                 if inbox.closed is not None:
                     raise self._closed_error()
+                if inbox.held:  # every message before the bad frame was taken (and answered): fail now
+                    inbox.held = False
+                    self._post(_release_failure, self._session)
                 if inbox.paused:
                     self._maybe_resume()
                 inbox.waiting = True

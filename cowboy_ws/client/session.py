@@ -207,6 +207,8 @@ class ClientSession:
     stats = None
     #: the latest connection's process (kept after it closed: the blocking API reads its Close frames)
     last_proc: WebSocketProcess | None = None
+    #: the blocking API's ``Inbox.hold_failure``, given to each process (``WebSocketProcess.hold_failure``)
+    hold_failure: Any = None
 
     def __init__(self, loop: Loop, target: WsURL, handler: Any, state: Any, options: ClientOptions,
                  parent: Any = None) -> None:
@@ -279,6 +281,8 @@ class ClientSession:
                               deflate=opened.deflate, mask_key=mask_keys(self.loop))
         proc = WebSocketProcess(self, sock, self.handler, self.state, self.partial, ws, conn, self.cid,
                                 pid=self.pid)
+        if self.hold_failure is not None:
+            proc.hold_failure = self.hold_failure
         self.proc = self.last_proc = proc
         self.info = {"url": str(opened.url), "subprotocol": opened.subprotocol, "extensions": opened.extensions,
                      "headers": list(opened.response.headers)}

@@ -132,7 +132,7 @@ class Connection:
     __slots__ = ("role", "state", "max_frame_size", "validate_utf8", "deflate", "compress",
                  "close_code", "close_reason", "_parser", "_out", "_mask_key",
                  "_msg_kind", "_msg_parts", "_msg_size", "_msg_compressed", "_utf8",
-                 "_close_reply", "_partial_checked", "counts")
+                 "_close_reply", "_close_held", "_partial_checked", "counts")
 
     def __init__(self, role: Role = "server", *, max_frame_size: int | None = MAX_FRAME_SIZE,
                  validate_utf8: bool = True, deflate: PerMessageDeflate | None = None,
@@ -159,6 +159,7 @@ class Connection:
         self._msg_compressed = False
         self._utf8: Utf8ValidatorType | None = None
         self._close_reply: bytes | None = None  # automatic Close, queued behind the batch's replies
+        self._close_held = False                # hold_close(): the automatic Close waits for the application
         self._partial_checked = 0               # payload bytes of an incomplete text frame already validated
         #: metrics, when the runtime sets it: whole messages received, added up as they are parsed,
         #: ``[text, text bytes, binary, binary bytes]`` (the runtime takes and zeroes them)
@@ -493,14 +494,23 @@ class Connection:
         """Everything queued since the last call, as a list for ``sendmsg`` (no join copy)."""
         out = self._out
         self._out = []
-        if self._close_reply is not None:
+        if self._close_reply is not None and not self._close_held:
             out.append(self._close_reply)
             self._close_reply = None
         return out
 
     @property
     def has_data_to_send(self) -> bool:
-        return bool(self._out) or self._close_reply is not None
+        return bool(self._out) or (self._close_reply is not None and not self._close_held)
+
+    def hold_close(self, hold: bool) -> None:
+        """Keep the automatic Close of a failed connection (RFC 6455 §7.1.7) back while ``hold``.
+
+        Messages may still be queued meanwhile and leave before it (:attr:`can_send` stays true):
+        for an application that answers the messages received before the bad frame later than in
+        the same batch (the blocking client, whose reader takes them on another thread).
+        """
+        self._close_held = hold
 
     def hibernate(self) -> None:
         """Release what an idle connection does not need (Cowboy's ``hibernate``)."""
