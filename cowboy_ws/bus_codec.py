@@ -202,11 +202,16 @@ def make_codec(name: str, pid_ref: Callable[[Any], tuple[str, int] | None],
 
 
 class Rejected(Exception):
-    """A bus message that failed a check; ``reason`` is the counter it is counted under."""
+    """A bus message that failed a check; ``reason`` is the counter it is counted under.
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    ``sender`` is the node that sent it where the envelope proved that (a ``stale`` message whose
+    MAC, if the bus has a secret, was good): the receiver knows it missed something of that node's.
+    """
+
+    def __init__(self, reason: str, detail: str = "", sender: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.sender = sender
 
 
 _HEAD = struct.Struct(">2sBcBQQB")
@@ -305,7 +310,7 @@ class Bus:
             raise Rejected("malformed", "node id") from None
         now = self._clock()
         if abs(now - stamp / 1000.0) > self.max_age:
-            raise Rejected("stale", f"{now - stamp / 1000.0:+.1f}s old, from {sender}")
+            raise Rejected("stale", f"{now - stamp / 1000.0:+.1f}s old, from {sender}", sender)
         if replay_check:
             last = self._last.get(sender)
             if last is not None and seq <= last[0]:

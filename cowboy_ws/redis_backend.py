@@ -12,13 +12,18 @@ Wire (all keys and channels start with ``prefix``, default ``cowboy_ws``; every 
     what is addressed to one node: ``pid.send`` to one of its Pids (``("m", pid number, msg)``),
     a broadcast to its members of a group (``("b", group, kind, data, exclude node, exclude
     number)``: one publish per node that has members, however many they are; the node frames it
-    once for all of them), and the answer to its ``hello`` (``("s", membership, False)``).
+    once for all of them), a request for its whole membership (``("r",)``) and the answer to
+    that request or to its ``hello`` (a snapshot, below, with ``answer`` False).
 ``<prefix>:all``  (channel)
-    group changes, announced by the node whose Pid changed: join ``("j", group, number)``, leave
-    ``("l", group, number)``, exit of a Pid (it left all its groups: ``("x", number)``), the
-    node's whole membership (``("s", {group: [number, ...]}, answer)``: on start and after
-    reconnecting, with ``answer`` True asking every node to answer with its own), and
-    ``("bye",)`` when a node stops.
+    group changes, announced by the node whose Pids changed, batched: ``("c", [[op, group,
+    [number, ...]], ...])``, ``op`` ``"j"`` (join) or ``"l"`` (leave; a Pid that exits leaves
+    each of its groups), in the order they happened, all the changes that waited for the
+    publisher in one message (runs of one op and group share one list); the node's whole
+    membership, a *snapshot*, in parts (``("s", answer, part, last, [[group, [number, ...]],
+    ...])``, part 0, 1, ... and ``last`` True on the final one: a receiver replaces what it knew
+    of the node once it has them all, in order) on start and after reconnecting, with ``answer``
+    True asking every node to answer with its own; and ``("bye",)`` when a node stops.  No
+    membership message holds more than :data:`CHUNK_IDS` Pid numbers.
 ``<prefix>:hb:<node id>``  (key with expiry)
     the node's heartbeat (a sealed ``"hb"``), set every ``node_ttl / 3`` s to expire after
     ``node_ttl`` s.  Each node checks the heartbeats of the nodes it knows members of at the same
@@ -26,9 +31,13 @@ Wire (all keys and channels start with ``prefix``, default ``cowboy_ws``; every 
     node, is dropped with all its members.
 
 Membership is kept like Erlang's ``pg``: each node owns its own Pids' memberships and tells the
-others; every node caches what it heard, so :func:`cowboy_ws.members` and
-:func:`cowboy_ws.broadcast` never wait for Redis.  The cache is eventually consistent: a join on
-one node is seen on another after one pub/sub hop.  Everything one node publishes goes through one
+others; every node caches what it heard (Pid numbers per node and group: Pids are built when
+:func:`cowboy_ws.members` asks), so :func:`cowboy_ws.members` and :func:`cowboy_ws.broadcast`
+never wait for Redis.  The cache is eventually consistent: a join on one node is seen on another
+after one pub/sub hop.  A node that drops a message of another as stale (its subscriber fell
+more than ``node_ttl`` + :data:`~cowboy_ws.bus_codec.REPLAY_SLACK` s behind) or gets a snapshot
+with a part missing has missed changes: it asks that node for its snapshot (``("r",)``, again
+every ``node_ttl / 3`` s until a whole one arrives) and sends it its own.  Everything one node publishes goes through one
 connection from one thread, and Redis delivers one publisher's messages to a subscriber in the
 order they were published (whatever the channel), so messages from one sender to one Pid arrive
 in order, and group changes apply in order.
@@ -92,8 +101,16 @@ BATCH = 512
 MAX_QUEUE = 100_000
 #: At most one log line about rejected bus messages per this many seconds.
 REJECT_LOG_INTERVAL = 10.0
+#: Pid numbers in one membership message (a batch of changes, a part of a snapshot): at most 9 bytes
+#: each in msgpack, so a part stays far below MAX_MESSAGE_SIZE; a larger membership goes in parts.
+CHUNK_IDS = 16_384
+#: Nodes this node asks at once for their membership (bounded: without a secret anyone can name nodes).
+MAX_WANTED = 1024
+#: Times a node that is not (or no longer) known is asked for its membership before we give up.
+WANT_TRIES = 20
 
-_HELLO, _SYNC_ALL, _SYNC_TO, _BYE = "hello", "sync-all", "sync-to", "bye"
+_HELLO, _SYNC_ALL, _SYNC_TO, _BYE, _CHANGES = "hello", "sync-all", "sync-to", "bye", "changes"
+_JOIN, _LEAVE = "j", "l"
 #: what a broadcast may carry (never a close frame)
 _BROADCAST_KINDS = frozenset(("text", "binary", "ping", "pong"))
 
@@ -207,8 +224,21 @@ class RedisBackend(Backend):
         self._reject_log_at = 0.0
         self._codec: Codec | None = None
         self._bus: Bus | None = None
-        self._lock = threading.Lock()    # the cache of other nodes' members
-        self._remote: dict[str, dict[Hashable, dict[int, Pid]]] = {}
+        self._lock = threading.Lock()    # the cache of other nodes' members, _wanted, _answering
+        #: other nodes' members: node -> group -> Pid numbers (Pids are built when asked for: a number
+        #: costs ~60 bytes here, a Pid with its own copy of the node id ~280)
+        self._remote: dict[str, dict[Hashable, set[int]]] = {}
+        #: a snapshot being received in parts: node -> (next part, groups so far)
+        self._partial: dict[str, tuple[int, dict[Hashable, set[int]]]] = {}
+        #: nodes whose membership we missed part of and asked for: node -> [last asked (monotonic), tries]
+        self._wanted: dict[str, list] = {}
+        #: nodes whose request for our membership is queued and not yet answered
+        self._answering: set[str] = set()
+        #: local membership changes not yet published: runs of [op, group, [number, ...]], in order
+        self._changes: list[list] = []
+        self._changes_count = 0
+        self._changes_queued = False     # a _CHANGES marker is in the queue
+        self._changes_lock = threading.Lock()
         self._queue: deque[tuple[str | None, Any]] = deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -354,22 +384,39 @@ class RedisBackend(Backend):
     def send(self, pid: Pid, msg: Any) -> None:
         self._enqueue(self._channel(pid.node), self._encode(("m", pid.id, msg)))
 
-    def _announce(self, item: tuple, group: Hashable) -> None:
-        try:
-            body = self._encode(item)
-        except (TypeError, ValueError) as exc:
-            log.warning("group %r cannot travel on the bus (%s): it stays local to node %s", group, exc, self.node)
-            return
-        self._enqueue(self._all(), body)
+    def _change(self, op: str, group: Hashable, pid_id: int) -> None:
+        """Queue a membership change: the publisher sends all those queued in one message (or a few).
+
+        Consecutive changes of one kind to one group share a run (a join storm is one run per
+        batch).  Past ``max_queue`` changes waiting (Redis down long), they are replaced by the whole
+        membership, read when it is sent.
+        """
+        with self._changes_lock:
+            runs = self._changes
+            last = runs[-1] if runs else None
+            if last is not None and last[0] is op and (last[1] is group or last[1] == group):
+                last[2].append(pid_id)
+            else:
+                runs.append([op, group, [pid_id]])
+            self._changes_count += 1
+            if self._changes_count > self.max_queue:
+                self._changes, self._changes_count = [], 0
+                log.warning("node %s: %d membership changes waiting for redis: announcing the whole "
+                            "membership instead", self.node, self.max_queue)
+                self._enqueue(None, _SYNC_ALL)
+            elif not self._changes_queued:
+                self._changes_queued = True
+                self._enqueue(None, _CHANGES)
 
     def joined(self, group: Hashable, pid: Pid) -> None:
-        self._announce(("j", group, pid.id), group)
+        self._change(_JOIN, group, pid.id)
 
     def left(self, group: Hashable, pid: Pid) -> None:
-        self._announce(("l", group, pid.id), group)
+        self._change(_LEAVE, group, pid.id)
 
     def exited(self, pid: Pid, groups: list) -> None:
-        self._enqueue(self._all(), self._encode(("x", pid.id)))
+        for group in groups:
+            self._change(_LEAVE, group, pid.id)
 
     def broadcast(self, group: Hashable, kind: str, data: bytes, exclude: Pid | None) -> int:
         ex_node, ex_id = (exclude.node, exclude.id) if exclude is not None else (None, None)
@@ -396,12 +443,10 @@ class RedisBackend(Backend):
         if not self._remote:
             return []
         with self._lock:
-            out: list[Pid] = []
-            for groups in self._remote.values():
-                members = groups.get(group)
-                if members:
-                    out.extend(members.values())
-            return out
+            found = [(node, list(members)) for node, groups in self._remote.items()
+                     if (members := groups.get(group))]
+        make = self.local.pid  # type: ignore[union-attr]
+        return [make(node, pid_id) for node, ids in found for pid_id in ids]
 
     def remote_groups(self) -> list:
         with self._lock:
@@ -419,34 +464,91 @@ class RedisBackend(Backend):
 
     # -- the publisher thread ---------------------------------------------------------------------
 
-    def _snapshot(self) -> dict:
-        """This node's membership, without the groups that cannot travel (they were logged at join)."""
-        assert self.local is not None and self._codec is not None
-        snap = self.local.membership()
-        try:
-            self._codec.encode(snap)
-        except (TypeError, ValueError):
-            snap = {g: ids for g, ids in snap.items() if self._travels(g)}
-        return snap
-
     def _travels(self, group: Hashable) -> bool:
         try:
-            self._codec.encode(group)  # type: ignore[union-attr]
+            self._encode(group)
             return True
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:
+            log.warning("group %r cannot travel on the bus (%s): it stays local to node %s", group, exc, self.node)
             return False
 
-    def _special(self, what: Any) -> tuple[str, bytes]:
+    def _chunks(self, make: Any, runs: list[list]) -> list[tuple[list, bytes]]:
+        """``runs`` (lists ending ``group, [number, ...]``) cut into parts whose ``make(part)`` fits the bus.
+
+        Returns ``(part, encoded make(part))`` in order.  At most :data:`CHUNK_IDS` numbers a part;
+        a part still too large (long group names) is halved; a group that cannot travel is left out
+        (logged).
+        """
+        assert self._codec is not None and self._bus is not None
+        limit = self._bus.max_size - self._bus.overhead - 64  # room for the part number, re-encoded
+        parts: list[list] = []
+        part: list[list] = []
+        room = CHUNK_IDS
+        for run in runs:
+            *head, ids = run
+            start = 0
+            while start < len(ids):
+                if room == 0:
+                    parts.append(part)
+                    part, room = [], CHUNK_IDS
+                piece = ids[start:start + room]
+                part.append([*head, piece])
+                room -= len(piece)
+                start += len(piece)
+        if part or not parts:
+            parts.append(part)
+        out: list[tuple[list, bytes]] = []
+        todo = parts[::-1]
+        while todo:
+            part = todo.pop()
+            try:
+                body = self._codec.encode(make(part))
+            except (TypeError, ValueError):
+                kept = [run for run in part if self._travels(run[-2])]
+                if len(kept) < len(part):
+                    todo.append(kept)
+                else:
+                    log.exception("node %s: membership message not encodable", self.node)
+                continue
+            if len(body) <= limit:
+                out.append((part, body))
+            elif len(part) > 1:
+                todo += [part[len(part) // 2:], part[:len(part) // 2]]
+            elif len(part[0][-1]) > 1:
+                *head, ids = part[0]
+                todo += [[[*head, ids[len(ids) // 2:]]], [[*head, ids[:len(ids) // 2]]]]
+            else:
+                log.warning("group %r cannot travel on the bus (its name is too long): it stays local to node %s",
+                            part[0][-2], self.node)
+        return out
+
+    def _snapshot(self, channel: str, answer: bool) -> list[tuple[str, bytes]]:
+        """This node's whole membership, read now, as ``("s", answer, part, last, [[group, [number, ...]], ...])``
+        messages on ``channel``: a receiver replaces what it knew of this node once it has every part."""
+        assert self.local is not None and self._codec is not None
+        runs = [[group, ids] for group, ids in self.local.membership().items() if ids]
+        parts = self._chunks(lambda part: ("s", answer, 0, False, part), runs) or [([], b"")]
+        last = len(parts) - 1
+        return [(channel, self._codec.encode(("s", answer, i, i == last, part))) for i, (part, _) in enumerate(parts)]
+
+    def _special(self, what: Any) -> list[tuple[str, bytes]]:
         """A queued announcement built when it is sent: the membership is read at that moment."""
         assert self._codec is not None
+        if what == _CHANGES:
+            with self._changes_lock:
+                runs, self._changes, self._changes_count = self._changes, [], 0
+                self._changes_queued = False
+            return [(self._all(), body) for _part, body in self._chunks(lambda part: ("c", part), runs) if _part]
         if what == _HELLO:
-            return self._all(), self._codec.encode(("s", self._snapshot(), True))
+            return self._snapshot(self._all(), True)
         if what == _SYNC_ALL:
-            return self._all(), self._codec.encode(("s", self._snapshot(), False))
+            return self._snapshot(self._all(), False)
         if what == _BYE:
-            return self._all(), self._codec.encode(("bye",))
-        _tag, node = what  # (_SYNC_TO, node): the answer to that node's hello
-        return self._channel(node), self._codec.encode(("s", self._snapshot(), False))
+            return [(self._all(), self._codec.encode(("bye",)))]
+        _tag, node = what  # (_SYNC_TO, node): the answer to that node's hello or request
+        with self._lock:
+            self._answering.discard(node)  # a request after this read gets another answer
+        return self._snapshot(self._channel(node), False)
 
     def _publisher(self) -> None:
         client = None
@@ -481,8 +583,9 @@ class RedisBackend(Backend):
             for _ in range(min(BATCH, len(queue))):
                 channel, data = queue.popleft()
                 if channel is None:
-                    channel, data = self._special(data)
-                batch.append((channel, seal(channel, data)))  # sequence numbers in publish order
+                    batch += [(ch, seal(ch, body)) for ch, body in self._special(data)]
+                else:
+                    batch.append((channel, seal(channel, data)))  # sequence numbers in publish order
             try:
                 if len(batch) == 1:
                     client.publish(*batch[0])
@@ -563,6 +666,8 @@ class RedisBackend(Backend):
             self._apply(sender, item)
         except Rejected as exc:
             self._reject(exc)
+            if exc.sender is not None and exc.sender != self.node:  # stale: we missed what it said
+                self._want(exc.sender)
         except Exception:  # a bug, not bad input: say so, keep serving
             log.exception("error handling a message from redis")
 
@@ -578,34 +683,15 @@ class RedisBackend(Backend):
         elif tag == "b" and n == 6 and item[2] in _BROADCAST_KINDS and item[3].__class__ is bytes:
             _t, group, kind, payload, ex_node, ex_id = item
             local.deliver_broadcast(_group(group), kind, payload, ex_id if ex_node == self.node else None)
-        elif tag == "j" and n == 3 and _is_id(item[2]):
-            group, pid_id = _group(item[1]), item[2]
-            with self._lock:
-                members = self._remote.setdefault(node, {}).setdefault(group, {})
-                members[pid_id] = local.pid(node, pid_id)
-        elif tag == "l" and n == 3 and _is_id(item[2]):
-            group = _group(item[1])
-            with self._lock:
-                self._forget(node, group, item[2])
-        elif tag == "x" and n == 2 and _is_id(item[1]):
-            pid_id = item[1]
-            with self._lock:
-                groups = self._remote.get(node)
-                if groups:
-                    for group in [g for g, m in groups.items() if pid_id in m]:
-                        self._forget(node, group, pid_id)
-        elif tag == "s" and n == 3 and item[1].__class__ is dict and item[2].__class__ is bool:
-            snapshot = {_group(g): ids for g, ids in item[1].items()}
-            if not all(ids.__class__ is list and all(_is_id(i) for i in ids) for ids in snapshot.values()):
-                raise Rejected("malformed", "membership")
-            with self._lock:
-                known = node in self._remote
-                self._remote[node] = {group: {i: local.pid(node, i) for i in ids}
-                                      for group, ids in snapshot.items() if ids}
-            if not known:
-                log.info("node %s is up (%d group(s))", node, len(snapshot))
-            if item[2]:
-                self._enqueue(None, (_SYNC_TO, node))
+        elif tag == "c" and n == 2 and item[1].__class__ is list:
+            self._apply_changes(node, _runs(item[1], 3))
+        elif (tag == "s" and n == 5 and item[1].__class__ is bool and _is_id(item[2]) and item[3].__class__ is bool
+              and item[4].__class__ is list):
+            if item[1] and item[2] == 0:  # a hello: answer with ours (even if a later part goes missing)
+                self._answer(node)
+            self._apply_snapshot(node, item[2], item[3], _runs(item[4], 2))
+        elif tag == "r" and n == 1:
+            self._answer(node)
         elif tag == "bye" and n == 1:
             self._drop(node, "stopped")
         else:
@@ -623,20 +709,93 @@ class RedisBackend(Backend):
         log.warning("node %s: dropped %d bus message(s) that failed checks (last: %s); totals %s",
                     self.node, total - since, exc, dict(self.rejected))
 
-    def _forget(self, node: str, group: Hashable, pid_id: int) -> None:
-        """Remove one remote membership (lock held)."""
-        groups = self._remote.get(node)
-        if groups is None:
+    def _apply_changes(self, node: str, runs: list[list]) -> None:
+        """Joins and leaves of ``node``'s Pids, in the order they happened."""
+        with self._lock:
+            groups = self._remote.get(node)
+            for op, group, ids in runs:
+                if op == _JOIN:
+                    if groups is None:  # a node heard of first by a join (its hello went missing)
+                        groups = self._remote.setdefault(node, {})
+                        self._want_locked(node)
+                    members = groups.get(group)
+                    if members is None:
+                        groups[group] = set(ids)
+                    else:
+                        members.update(ids)
+                elif groups is not None and (members := groups.get(group)) is not None:
+                    members.difference_update(ids)
+                    if not members:
+                        del groups[group]
+
+    def _apply_snapshot(self, node: str, part: int, last: bool, runs: list[list]) -> None:
+        """A part of ``node``'s whole membership: once the last arrives after all the others, it
+        replaces what this node knew of it; a part out of turn (one went missing) asks again."""
+        so_far = self._partial.pop(node, None)
+        if part == 0:
+            groups: dict[Hashable, set[int]] = {}
+        elif so_far is not None and so_far[0] == part:
+            groups = so_far[1]
+        else:
+            self._want(node)
             return
-        members = groups.get(group)
-        if members is not None:
-            members.pop(pid_id, None)
-            if not members:
-                del groups[group]
+        for group, ids in runs:
+            members = groups.get(group)
+            if members is None:
+                groups[group] = set(ids)
+            else:
+                members.update(ids)
+        if not last:
+            self._partial[node] = (part + 1, groups)
+            return
+        with self._lock:
+            known = node in self._remote
+            self._remote[node] = groups
+            self._wanted.pop(node, None)
+        if not known:
+            log.info("node %s is up (%d group(s))", node, len(groups))
+
+    def _want(self, node: str) -> None:
+        """We missed part of what ``node`` said about its groups: ask it for its whole membership."""
+        with self._lock:
+            self._want_locked(node)
+
+    def _want_locked(self, node: str) -> None:
+        if node in self._wanted or len(self._wanted) >= MAX_WANTED:
+            return  # already asked (the heartbeat thread asks again until the answer arrives)
+        self._wanted[node] = [time.monotonic(), 1]
+        log.info("node %s: missed membership changes of node %s: asking it for its membership", self.node, node)
+        self._enqueue(self._channel(node), self._encode(("r",)))
+        self._answer_locked(node)  # what we missed may have been its hello, which we did not answer
+
+    def _answer(self, node: str) -> None:
+        with self._lock:
+            self._answer_locked(node)
+
+    def _answer_locked(self, node: str) -> None:
+        """Queue our membership for ``node`` once (requests that pile up get one answer)."""
+        if node not in self._answering and len(self._answering) < MAX_WANTED:
+            self._answering.add(node)
+            self._enqueue(None, (_SYNC_TO, node))
+
+    def _ask_again(self) -> None:
+        """The nodes asked for their membership that did not answer in time are asked again."""
+        now = time.monotonic()
+        with self._lock:
+            for node, asked in list(self._wanted.items()):
+                if now - asked[0] < self.node_ttl / 3.0:
+                    continue
+                if asked[1] >= WANT_TRIES and node not in self._remote:
+                    del self._wanted[node]  # not a node we know of, and it does not answer
+                    continue
+                asked[0], asked[1] = now, asked[1] + 1
+                self._enqueue(self._channel(node), self._encode(("r",)))
 
     def _drop(self, node: str, why: str) -> None:
         with self._lock:
             groups = self._remote.pop(node, None)
+            self._wanted.pop(node, None)
+            self._partial.pop(node, None)
         if groups is not None:
             count = sum(len(m) for m in groups.values())
             log.info("node %s %s: %d membership(s) in %d group(s) dropped", node, why, count, len(groups))
@@ -671,6 +830,7 @@ class RedisBackend(Backend):
                     self._enqueue(None, _SYNC_ALL)
                 beaten = True
                 self._expire(client)
+                self._ask_again()
             except Exception as exc:
                 self._failed(exc)
                 client = self._close(client)
@@ -729,6 +889,17 @@ class RedisBackend(Backend):
 def _is_id(value: Any) -> bool:
     """A Pid number as it travels: a non-negative int (bool is not one)."""
     return value.__class__ is int and value >= 0
+
+
+def _runs(value: list, size: int) -> list[list]:
+    """Runs of a membership message as received: lists of ``size`` items ending ``group, [number, ...]``
+    (a change's first item is ``"j"`` or ``"l"``), else the message is malformed."""
+    for run in value:
+        if (run.__class__ is not list or len(run) != size or run[-1].__class__ is not list
+                or not all(_is_id(i) for i in run[-1]) or (size == 3 and run[0] not in (_JOIN, _LEAVE))):
+            raise Rejected("malformed", "membership")
+        run[-2] = _group(run[-2])
+    return value
 
 
 def _group(group: Any) -> Hashable:

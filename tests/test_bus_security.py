@@ -337,7 +337,7 @@ def node(secret: bytes | None = SECRET) -> tuple[RedisBackend, Recording, Bus]:
 def test_a_node_applies_what_its_peers_signed():
     backend, local, peer = node()
     backend._handle(CHANNEL.encode(), peer.seal(CHANNEL, codec().encode(("m", 5, ("say", "hi")))))
-    backend._handle(EVERYONE.encode(), peer.seal(EVERYONE, codec().encode(("j", "room", 9))))
+    backend._handle(EVERYONE.encode(), peer.seal(EVERYONE, codec().encode(("c", [["j", "room", [9]]]))))
     backend._handle(CHANNEL.encode(), peer.seal(CHANNEL, codec().encode(("b", "room", "text", b"hey", None, None))))
     assert local.delivered == [(5, ("say", "hi"))]
     assert local.broadcasts == [("room", "text", b"hey", None)]
@@ -349,30 +349,69 @@ def test_a_node_applies_what_its_peers_signed():
 HOSTILE_BODIES = [
     5, "m", [], (), ("m",), ("m", "5", "x"), ("m", -1, "x"), ("m", True, "x"), ("m", 1, "x", "extra"),
     ("b", "room", "close", b"1000", None, None), ("b", "room", "text", "not bytes", None, None),
-    ("b", ["unhashable"], "text", b"x", None, None), ("j", {"a": 1}, 3), ("j", "room", "3"), ("l", "room"),
-    ("x", None), ("s", {"room": [1, "2"]}, False), ("s", {"room": 1}, False), ("s", [], True),
-    ("s", {"room": [1]}, "yes"), ("bye", 1), ("zz",), (None,), ({"k": 1},),
+    ("b", ["unhashable"], "text", b"x", None, None), ("c", [["j", {"a": 1}, [3]]]), ("c", [["j", "room", ["3"]]]),
+    ("c", [["l", "room"]]), ("c", [["x", "room", [1]]]), ("c", [["l", "room", 1]]), ("c", ["room"]),
+    ("c", [["l", "room", [1]], ["j", ["unhashable"], [2]]]), ("c", {"room": [1]}), ("c",), ("r", 1),
+    ("s", False, 0, True, [["room", [1, "2"]]]), ("s", False, 0, True, [["room", 1]]), ("s", True, 0, True, {}),
+    ("s", "yes", 0, True, [["room", [1]]]), ("s", False, -1, True, []), ("s", False, 0, 1, []),
+    ("s", False, 0, True, [["j", "room", [1]]]), ("s", {"room": [1]}, False), ("bye", 1), ("zz",), (None,),
+    ({"k": 1},),
 ]
 
 
 @pytest.mark.parametrize("body", HOSTILE_BODIES, ids=[repr(b)[:40] for b in HOSTILE_BODIES])
 def test_signed_but_malformed_bodies_are_dropped_and_counted(body):
     backend, local, peer = node()
-    backend._handle(EVERYONE.encode(), peer.seal(EVERYONE, codec().encode(("j", "room", 1))))
+    backend._handle(EVERYONE.encode(), peer.seal(EVERYONE, codec().encode(("c", [["j", "room", [1]]]))))
     backend._handle(CHANNEL.encode(), peer.seal(CHANNEL, codec().encode(body)))
     assert backend.rejected == {"malformed": 1}
     assert local.delivered == [] and local.broadcasts == []
     assert backend.remote_members("room") == [process.Pid._named("peer:1:aa", 1)]   # the view is untouched
 
 
+def test_a_snapshot_in_parts_applies_whole_or_not_at_all_and_a_gap_asks_again():
+    backend, _local, peer = node()
+
+    def part(i: int, last: bool, runs: list) -> None:
+        backend._handle(CHANNEL.encode(), peer.seal(CHANNEL, codec().encode(("s", False, i, last, runs))))
+
+    part(0, True, [["room", [1, 2]]])
+    part(0, False, [["room", [3]]])
+    part(1, False, [["room", [4]], ["hall", [5]]])
+    assert sorted(p.id for p in backend.remote_members("room")) == [1, 2]     # nothing until the last part
+    part(2, True, [["hall", [6]]])
+    assert sorted(p.id for p in backend.remote_members("room")) == [3, 4]     # the whole snapshot replaces
+    assert sorted(p.id for p in backend.remote_members("hall")) == [5, 6]
+    assert not backend._queue                                                 # nobody asked for anything
+    part(0, False, [["room", [7]]])
+    part(2, True, [["room", [8]]])                                            # part 1 went missing
+    assert sorted(p.id for p in backend.remote_members("room")) == [3, 4]
+    asked = [(channel, backend._codec.decode(data)) for channel, data in backend._queue if channel is not None]
+    assert asked == [("cowboy_ws:node:peer:1:aa", ("r",))]                    # the whole membership, again
+    assert not backend.rejected
+
+
+def test_a_stale_message_makes_the_node_ask_its_sender_for_the_membership():
+    backend, _local, peer = node()
+    old = Bus("peer:1:aa", codec(), SECRET, max_age=15.0, clock=lambda: time.time() - 60)
+    backend._handle(EVERYONE.encode(), old.seal(EVERYONE, codec().encode(("c", [["l", "room", [1]]]))))
+    assert backend.rejected == {"stale": 1}
+    asked = [(channel, backend._codec.decode(data)) for channel, data in backend._queue if channel is not None]
+    assert asked == [("cowboy_ws:node:peer:1:aa", ("r",))]
+    assert list(backend._queue)[-1] == (None, ("sync-to", "peer:1:aa"))    # and sends ours
+    backend._handle(EVERYONE.encode(), old.seal(EVERYONE, codec().encode(("c", [["l", "room", [2]]]))))
+    assert len(backend._queue) == 2                                           # asked once (retried later)
+
+
 def test_forged_node_gone_and_member_joined_do_not_work_and_are_logged_once(caplog):
     backend, local, peer = node()
-    backend._handle(EVERYONE.encode(), peer.seal(EVERYONE, codec().encode(("j", "room", 1))))
+    backend._handle(EVERYONE.encode(), peer.seal(EVERYONE, codec().encode(("c", [["j", "room", [1]]]))))
     attacker = Bus("peer:1:aa", codec(), b"guessed wrong, 32 bytes long....", max_age=15.0)
     unsigned = Bus("peer:1:aa", codec(), None, max_age=15.0)
     caplog.set_level(logging.WARNING, logger="cowboy_ws.redis_backend")
     for forger in (attacker, unsigned):
-        for body in (("bye",), ("j", "room", 666), ("x", 1), ("s", {}, False), ("m", 1, ("say", "forged"))):
+        for body in (("bye",), ("c", [["j", "room", [666]]]), ("c", [["l", "room", [1]]]), ("s", False, 0, True, []),
+                     ("m", 1, ("say", "forged"))):
             for channel in (EVERYONE, CHANNEL):
                 backend._handle(channel.encode(), forger.seal(channel, codec().encode(body)))
     assert backend.rejected == {"bad_mac": 10, "unsigned": 10}
@@ -575,7 +614,8 @@ def test_a_client_without_the_secret_cannot_run_code_or_reach_anyone(nodes, redi
             publish(channel, signed_pickle.seal(channel, pickled), "bad_mac")
             forger = Bus(impostor, codec(), wrong_key, max_age=60)
             for body in (("m", b1_pid[1], ("say", "forged")), ("b", room, "text", b"forged", None, None),
-                         ("j", room, 999), ("x", b1_pid[1]), ("s", {}, False), ("bye",)):
+                         ("c", [["j", room, [999]]]), ("c", [["l", room, [b1_pid[1]]]]), ("s", False, 0, True, []),
+                         ("r",), ("bye",)):
                 publish(channel, forger.seal(channel, codec().encode(body)), "bad_mac")
         for size in (0, 1, 21, 64, 500):
             publish(channel, b"\xff" + os.urandom(size), "malformed")                    # random bytes

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 import cowboy_ws
-from cowboy_ws import process
-from cowboy_ws.bus_codec import Bus, MsgpackCodec
+from cowboy_ws import process, redis_backend
+from cowboy_ws.bus_codec import REPLAY_SLACK, Bus, MsgpackCodec
 from cowboy_ws.redis_backend import SECRET_ENV
 from redis_server import RedisServer, available
 from serverproc import ServerProcess, ask, connect_until, wait_until, who
@@ -363,6 +363,103 @@ def test_server_redis_url_in_process(cluster, redis_srv):
     assert process.current_backend().name == "local"
     other.wait_for(r"node \S+ stopped")                    # its member left, then it said goodbye
     assert ask(remote_client, "count") == "1"
+
+
+def test_a_node_that_dropped_changes_as_stale_asks_for_the_membership_and_converges(cluster, redis_srv):
+    """A subscriber that falls more than node_ttl + REPLAY_SLACK s behind drops what it then reads as
+    stale (replay protection): the exits among it are lost, so the node asks for the whole membership."""
+    other = cluster()
+    group = uuid.uuid4().hex
+    leaving = [cluster.connect(other.port, f"/g/{group}") for _ in range(3)]
+    staying = cluster.connect(other.port, f"/g/{group}")
+    server = cowboy_ws.Server([("/", Member, group)], port=0, redis_url=redis_srv.url, node_ttl=float(TTL),
+                              cluster_secret=cluster.secret, shutdown_grace=0.5).start()
+    try:
+        wait_until(lambda: len(cowboy_ws.members(group)) == 4, 10, "the other node's 4 members seen here")
+        backend = process.current_backend()
+        gate = threading.Event()
+        handle = backend._handle
+
+        def lagging(channel, data):  # the subscriber thread stalls on what it reads next
+            gate.wait(30)
+            handle(channel, data)
+
+        backend._handle = lagging
+        for client in leaving:
+            client.abort()
+        wait_until(lambda: ask(staying, "local") == "1", 10, "the other node's 3 exits")
+        time.sleep(float(TTL) + REPLAY_SLACK + 1)  # what it published meanwhile is now too old to accept
+        gate.set()
+        wait_until(lambda: backend.rejected["stale"] > 0, 10, "the exits dropped as stale")
+        wait_until(lambda: len(cowboy_ws.members(group)) == 1, 10, "the membership resynchronized")
+        assert [pid.local for pid in cowboy_ws.members(group)] == [False]
+        joining = cluster.connect(other.port, f"/g/{group}")       # and the changes after it apply as usual
+        wait_until(lambda: len(cowboy_ws.members(group)) == 2, 10, "a later join seen")
+        joining.abort()
+        wait_until(lambda: len(cowboy_ws.members(group)) == 1, 10, "a later exit seen")
+    finally:
+        server.shutdown()
+
+
+def test_membership_changes_go_in_batches_and_a_snapshot_in_parts(cluster, redis_srv, monkeypatch):
+    """Joins that wait for the publisher go in one message per CHUNK_IDS members; a node's whole
+    membership (the answer to a hello) in parts; the other node sees every member either way."""
+    import redis
+    monkeypatch.setattr(redis_backend, "CHUNK_IDS", 8)
+    group = uuid.uuid4().hex
+    server = cowboy_ws.Server([("/", Member, group)], port=0, redis_url=redis_srv.url, node_ttl=float(TTL),
+                              cluster_secret=cluster.secret, shutdown_grace=0.5).start()
+    spy = redis.Redis.from_url(redis_srv.url).pubsub()
+    reader = Bus("spy", MsgpackCodec(lambda _o: None, lambda node, number: (node, number)), cluster.secret and
+                 cluster.secret.encode(), max_age=60)
+    try:
+        wait_until(lambda: process.current_backend().name == "redis", 10, "the backend installed")
+        backend = process.current_backend()
+        gate = threading.Event()
+        special = backend._special
+
+        def held(what):  # the publisher waits while the joins pile up
+            if what == "changes":
+                gate.wait(10)
+            return special(what)
+
+        backend._special = held
+        spy.psubscribe("cowboy_ws:*")
+        wait_until(lambda: spy.get_message(timeout=0.1) is not None, 5, "the spy subscribed")
+        clients = [cluster.connect(server.port, "/") for _ in range(20)]
+        wait_until(lambda: len(process.local_members(group)) == 20, 10, "20 local members")
+        ids = sorted(pid.id for pid in process.local_members(group))
+        gate.set()
+
+        def membership(tag: str, n: int) -> list[tuple]:
+            seen: list[tuple] = []
+            deadline = time.monotonic() + 10
+            while len(seen) < n and time.monotonic() < deadline:
+                msg = spy.get_message(timeout=0.1)
+                if msg is not None and msg["type"] == "pmessage":
+                    _sender, item = reader.open(msg["channel"], msg["data"])
+                    if item[0] == tag:
+                        seen.append(item)
+            return seen
+
+        batches = membership("c", 3)
+        assert [len(item[1][0][2]) for item in batches] == [8, 8, 4]       # three messages, not 20
+        assert all(item[1][0][:2] == ["j", group] and len(item[1]) == 1 for item in batches)
+        assert sorted(i for item in batches for i in item[1][0][2]) == ids
+
+        other = cluster()                          # its hello: this node answers with its membership
+        parts = membership("s", 4)                 # the other node's hello, then our answer in 3 parts
+        answer = [item for item in parts if item[1] is False]
+        assert [(item[2], item[3]) for item in answer] == [(0, False), (1, False), (2, True)]
+        assert sorted(i for item in answer for run in item[4] for i in run[1]) == ids
+        watcher = cluster.connect(other.port, f"/g/{group}")
+        converge([watcher], 21)
+        for client in clients[:5]:
+            client.abort()
+        converge([watcher], 16)
+    finally:
+        spy.close()
+        server.shutdown()
 
 
 # -- Redis as operators run it: an ACL user, passwords, TLS ------------------------------------------
