@@ -45,7 +45,9 @@ import logging
 import selectors
 import socket
 import ssl
+import sys
 import time
+import weakref
 from collections import deque
 from typing import Any, Protocol, cast
 
@@ -59,6 +61,7 @@ from .protocol.connection import CLOSED as CONN_CLOSED
 from .protocol.connection import OPEN as CONN_OPEN
 from .protocol.connection import Connection
 from .protocol.kernels import send_many
+from .req import DEFAULT_REQ_FILTER_FIELDS
 from .sendbuffer import WOULD_BLOCK, SendBuffer
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,46 @@ SENDMSG_MIN = 32768
 #: The call results a callback may return (for error messages).
 RESULT_FORMS = ('("ok", state[, "hibernate"]), ("reply", frame_or_frames, state[, "hibernate"]), '
                 '([frame_or_command, ...], state[, "hibernate"]) or ("stop", state)')
+
+
+#: The options in use, each kept once: a handler's ``init`` that returns options gets a new merged
+#: WebSocketOptions per connection (about 260 bytes each), equal to its neighbours' (frozen: shareable).
+_OPTIONS: weakref.WeakValueDictionary[WebSocketOptions, WebSocketOptions] = weakref.WeakValueDictionary()
+
+
+def _shared_options(opts: WebSocketOptions) -> WebSocketOptions:
+    """``opts``, or the equal WebSocketOptions already in use."""
+    try:
+        return _OPTIONS.setdefault(opts, opts)
+    except TypeError:  # an unhashable value among them (an ignored Cowboy option given as a map)
+        return opts
+
+
+class _DefaultPartialReq(tuple):
+    """A partial Req of the default ``req_filter``, kept for ``terminate`` as the tuple of its values
+    (104 bytes, not a 272-byte dict), the strings interned: a server's connections mostly share
+    their method, version, scheme, host, path and peer address (a proxy's)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def compact(cls, partial: Any) -> Any:
+        """``partial`` as this tuple when it is the default filter's dict, else ``partial`` itself."""
+        if type(partial) is not dict or tuple(partial) != DEFAULT_REQ_FILTER_FIELDS:
+            return partial
+        return cls(_interned(value) for value in partial.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(DEFAULT_REQ_FILTER_FIELDS, self, strict=True))
+
+
+def _interned(value: Any) -> Any:
+    """A str interned; a tuple (the peer address) with its strs interned; anything else as it is."""
+    if type(value) is str:
+        return sys.intern(value)
+    if type(value) is tuple:
+        return tuple(sys.intern(v) if type(v) is str else v for v in value)
+    return value
 
 
 class Owner(Protocol):
@@ -135,11 +178,13 @@ class WebSocketProcess:
         if conn.role != "server":
             self.role = conn.role
         self.sock = sock
-        self.fd = sock.fileno()  # for a broadcast's writes in one C call (send_broadcast_all)
+        #: for a broadcast's writes in one C call (send_broadcast_all), and what the selector watches
+        #: (registered by number, the selector's key holds this int instead of one more of its own)
+        self.fd = sock.fileno()
         self.handler = handler
         self.state = state
-        self.partial_req = partial_req
-        self.opts = opts
+        self._partial_req = _DefaultPartialReq.compact(partial_req)
+        self.opts = _shared_options(opts)
         self.conn = conn
         self.cid = cid
         #: the lifecycle phase (cowboy_ws.lifecycle); changed only by the transition methods
@@ -150,7 +195,7 @@ class WebSocketProcess:
         self.reason: Any = None            # terminate reason, fixed when the phase leaves open
         self.shutdown_reason: Any = "normal"
         self.sendbuf = SendBuffer()        # written but not yet accepted by the kernel
-        self._mailbox: deque[Any] | None = deque()  # dropped (None) while hibernating
+        self._mailbox: deque[Any] | None = None  # made by the first message, dropped (None) on hibernate
         self._mailbox_scheduled = False
         self._events = 0                    # selector interest currently registered
         self._idle_timer: Any = None
@@ -166,6 +211,13 @@ class WebSocketProcess:
 
     def __repr__(self) -> str:
         return f"<WebSocketProcess {self.cid} {self.pid!r} {self.phase}>"
+
+    @property
+    def partial_req(self) -> Any:
+        """What the ``req_filter`` kept of the Req (what ``terminate`` gets): a new dict each time for
+        the default filter's."""
+        partial = self._partial_req
+        return partial.as_dict() if type(partial) is _DefaultPartialReq else partial
 
     # -- transitions (cowboy_ws.lifecycle.TRANSITIONS) --------------------------------
 
@@ -254,7 +306,7 @@ class WebSocketProcess:
             self._close_timer = None
         if self._events:
             try:
-                self.loop.selector.unregister(self.sock)
+                self.loop.selector.unregister(self.fd)
             except (KeyError, ValueError):
                 pass
             self._events = 0
@@ -321,11 +373,11 @@ class WebSocketProcess:
             return
         selector = self.loop.selector
         if self._events == 0:
-            selector.register(self.sock, events, self._on_ready)
+            selector.register(self.fd, events, self._on_ready)
         elif events == 0:
-            selector.unregister(self.sock)
+            selector.unregister(self.fd)
         else:
-            selector.modify(self.sock, events, self._on_ready)
+            selector.modify(self.fd, events, self._on_ready)
         self._events = events
 
     def _wanted_events(self) -> int:
@@ -747,11 +799,11 @@ class WebSocketProcess:
     def _set_options(self, options: dict) -> None:
         """Cowboy 2.18's set_options: idle_timeout and max_frame_size change; other keys are ignored."""
         if "idle_timeout" in options:
-            self.opts = self.opts.replace(idle_timeout=options["idle_timeout"])
+            self.opts = _shared_options(self.opts.replace(idle_timeout=options["idle_timeout"]))
             self._last_recv = self.loop.time()
             self._arm_idle_timer()
         if "max_frame_size" in options:
-            self.opts = self.opts.replace(max_frame_size=options["max_frame_size"])
+            self.opts = _shared_options(self.opts.replace(max_frame_size=options["max_frame_size"]))
             self.conn.set_max_frame_size(self.opts.max_frame_size)
 
     def send_broadcast(self, frame: Any, wire: bytes, compressed: dict | None = None) -> None:

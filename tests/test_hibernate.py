@@ -61,12 +61,30 @@ def test_hibernated_connection_drops_queues_and_keeps_working():
             assert ws.recv(timeout=5) == "hello"
             [process] = _processes(server)
             assert process._mailbox is None and process.sendbuf.parts is None
+            assert process.conn._parser is None  # no frame half received: the next read makes one
             ws.send("ping-me")
             assert ws.recv(timeout=5) == "from mailbox"
             ws.send(b"\x00" * 200_000)  # a large reply may need the send queue again
             assert ws.recv(timeout=5) == b"\x00" * 200_000
             [process] = _processes(server)
             assert process._mailbox is None and process.sendbuf.parts is None
+    finally:
+        server.shutdown(grace=1)
+
+
+def test_hibernate_keeps_a_half_received_frame():
+    """A read that ends inside a frame (RFC 6455 §5.2: frames may arrive in pieces) and whose whole
+    messages hibernate the handler keeps the parser with those bytes: the frame completes intact."""
+    server = cowboy_ws.Server([("_", Sleepy, None)], port=0).start()
+    try:
+        with Client.connect(server.port, "/") as client:
+            second = masked(OP_TEXT, b"the second message")
+            client.send_raw(masked(OP_TEXT, b"first") + second[:9])  # one segment on loopback: one read
+            assert client.recv_event() == ("text", b"first")
+            client.send_raw(second[9:])
+            assert client.recv_event() == ("text", b"the second message")
+            [process] = _processes(server)
+            assert process.conn._parser is None
     finally:
         server.shutdown(grace=1)
 

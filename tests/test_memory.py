@@ -87,3 +87,78 @@ def test_64k_echo_does_not_page_fault_per_message():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# -- what an idle connection holds (issue 16: RSS per idle connection, bench/c100k.py) ----------
+
+
+class _Idle:
+    """Returns options from ``init`` (a new merged WebSocketOptions per connection) and records terminate."""
+
+    partials: list = []
+
+    @staticmethod
+    def init(req, state):
+        return ("cowboy_websocket", req, state, {"idle_timeout": "infinity"})
+
+    @staticmethod
+    def websocket_handle(frame, state):
+        return ("reply", frame, state)
+
+    @staticmethod
+    def websocket_info(info, state):
+        return ("ok", state)
+
+    @staticmethod
+    def terminate(_reason, partial_req, _state):
+        _Idle.partials.append(partial_req)
+
+
+def _processes(server) -> list:
+    import threading
+
+    from cowboy_ws.websocket import WebSocketProcess
+
+    box, done = [], threading.Event()
+
+    def look():
+        box.extend(c for c in server.connections if isinstance(c, WebSocketProcess))
+        done.set()
+
+    server.loop.call_soon_threadsafe(look)
+    assert done.wait(5)
+    return box
+
+
+def test_idle_connections_share_options_and_keep_a_compact_partial_req():
+    """Two connections of one route hold one WebSocketOptions (equal options, frozen), the default
+    partial Req as a tuple of interned values, and no mailbox until a message comes; ``terminate``
+    still gets the partial Req as a dict of the default fields (Cowboy's req_filter)."""
+    import cowboy_ws
+    from cowboy_ws.req import DEFAULT_REQ_FILTER_FIELDS
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from wsclient import Client
+
+    _Idle.partials.clear()
+    server = cowboy_ws.Server([("_", _Idle, None)], port=0).start()
+    try:
+        with Client.connect(server.port, "/a?x=1") as one, Client.connect(server.port, "/a?x=1") as two:
+            for client in (one, two):
+                client.send_text("hi")
+                assert client.recv_event() == ("text", b"hi")
+            first, second = _processes(server)
+            assert first.opts is second.opts and first.opts.idle_timeout is None
+            assert type(first._partial_req) is not dict
+            mine, theirs = first.partial_req, second.partial_req  # new dicts of the values kept
+            for field in ("method", "version", "host", "path", "qs"):
+                assert mine[field] is theirs[field], field  # one str object for every connection
+            assert mine["peer"][0] is theirs["peer"][0]
+            assert first._mailbox is None
+    finally:
+        server.shutdown(grace=1)
+    assert len(_Idle.partials) == 2
+    for partial in _Idle.partials:
+        assert type(partial) is dict and tuple(partial) == DEFAULT_REQ_FILTER_FIELDS
+        assert partial["path"] == "/a" and partial["qs"] == "x=1" and partial["method"] == "GET"
+        assert partial["host"] == "127.0.0.1" and partial["peer"][0] == "127.0.0.1"

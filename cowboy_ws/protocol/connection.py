@@ -149,12 +149,11 @@ class Connection:
         #: set when the peer's Close frame arrives, or when the connection is failed
         self.close_code: int | None = None
         self.close_reason: bytes = b""
-        self._parser = FrameParser(mask_required=role == "server", max_frame_size=max_frame_size,
-                                   rsv1_allowed=deflate is not None)
+        self._parser: FrameParser | None = self._new_parser()  # None while hibernating (rebuilt by a read)
         self._out: list[bytes] = []
         self._mask_key = (mask_key or (lambda: os.urandom(4))) if role == "client" else None
         self._msg_kind: str | None = None   # kind of the fragmented message in progress
-        self._msg_parts: list[bytes | bytearray] = []
+        self._msg_parts: list[bytes | bytearray] | tuple[()] = ()  # a list while a fragmented message arrives
         self._msg_size = 0
         self._msg_compressed = False
         self._utf8: Utf8ValidatorType | None = None
@@ -171,15 +170,18 @@ class Connection:
         """Feed bytes from the peer; return the events they complete (RFC 6455 §5-§7)."""
         if self.state == CLOSED or not data:
             return []
+        parser = self._parser
+        if parser is None:  # hibernated
+            parser = self._parser = self._new_parser()
         if (parse_messages is not None and self.state is OPEN and self._msg_kind is None
-                and not self._partial_checked and not self._parser._buf):
+                and not self._partial_checked and not parser._buf):
             # C backend: a run of small whole messages in one call; the rest, if any, below
-            events, pos = parse_messages(self._parser, data, self.validate_utf8, self.counts)
+            events, pos = parse_messages(parser, data, self.validate_utf8, self.counts)
             if pos:
                 if pos < len(data):
-                    events += self._receive(data[pos:])
+                    events += self._receive(parser, data[pos:])
                 return events
-        return self._receive(data)
+        return self._receive(parser, data)
 
     def _count(self, events: list[Event], sign: int = 1) -> None:
         """Add the messages among ``events`` to :attr:`counts` (metrics, general path)."""
@@ -199,11 +201,11 @@ class Connection:
         if self.counts is not None:
             self._count(events, -1)
 
-    def _receive(self, data: BytesLike) -> list[Event]:
+    def _receive(self, parser: FrameParser, data: BytesLike) -> list[Event]:
         """:meth:`receive_data`'s general path: any frames, through the parser and the message rules."""
         events: list[Event] = []
         try:
-            frames = self._parser.feed(data)
+            frames = parser.feed(data)
         except ProtocolError as exc:
             self._handle_frames(getattr(exc, "frames", ()), events)
             if self.state != CLOSED:
@@ -213,22 +215,22 @@ class Connection:
             return events
         self._handle_frames(frames, events)
         if self.validate_utf8 and self.state is not CLOSED:
-            head = self._parser.pending_frame()  # None when no frame is incomplete
+            head = parser.pending_frame()  # None when no frame is incomplete
             if head is not None and (head[0] == OP_TEXT or head[0] == OP_CONT):
                 try:
-                    self._check_partial_text(*head)
+                    self._check_partial_text(parser, *head)
                 except ProtocolError as exc:
                     self._fail(exc, events)
         if self.counts is not None:
             self._count(events)
         return events
 
-    def _check_partial_text(self, opcode: int, rsv1: int) -> None:
+    def _check_partial_text(self, parser: FrameParser, opcode: int, rsv1: int) -> None:
         """Validate the received part of an incomplete text frame (RFC 6455 §8.1: fail fast)."""
         if rsv1 or not ((opcode == OP_TEXT and self._msg_kind is None)
                         or (opcode == OP_CONT and self._msg_kind == "text" and not self._msg_compressed)):
             return
-        chunk = self._parser.peek_partial(self._partial_checked)
+        chunk = parser.peek_partial(self._partial_checked)
         if chunk is None:
             return
         if self._utf8 is None:
@@ -312,6 +314,7 @@ class Connection:
                 self._utf8.feed(payload, bool(fin))
         if payload:
             parts = self._msg_parts
+            assert type(parts) is list  # set when the message began (the tuple is the idle value)
             parts.append(payload)
             if len(parts) > _MAX_PARTS:
                 # A flood of tiny fragments: one growing buffer, not a list of small objects
@@ -330,7 +333,7 @@ class Connection:
             if self.state is OPEN:
                 events.append((self._msg_kind, data))
             self._msg_kind = None
-            self._msg_parts = []
+            self._msg_parts = ()
 
     def _receive_close(self, payload: bytes, events: list[Event]) -> None:
         """The peer's Close frame: check it, echo it if we had not closed (RFC 6455 §5.5.1, §7.1.5)."""
@@ -348,7 +351,7 @@ class Connection:
         self.state = CLOSED
         self.close_code = exc.code
         self._msg_kind = None
-        self._msg_parts = []
+        self._msg_parts = ()
         events.append(("error", exc))
 
     def receive_eof(self) -> None:
@@ -512,10 +515,18 @@ class Connection:
         """
         self._close_held = hold
 
+    def _new_parser(self) -> FrameParser:
+        return FrameParser(mask_required=self.role == "server", max_frame_size=self.max_frame_size,
+                           rsv1_allowed=self.deflate is not None)
+
     def hibernate(self) -> None:
-        """Release what an idle connection does not need (Cowboy's ``hibernate``)."""
-        self._parser.release()
-        if self._msg_kind is None:
+        """Release what an idle connection does not need (Cowboy's ``hibernate``): the frame parser
+        when no frame is half received (the next read makes a new one), the UTF-8 validator and the
+        inflater between messages."""
+        parser = self._parser
+        if parser is not None and not parser._buf:
+            self._parser = None
+        if self._msg_kind is None and not self._partial_checked:  # a text frame half received holds its state
             self._utf8 = None
         if self.deflate is not None and self._msg_kind is None:
             self.deflate.release()
@@ -523,4 +534,5 @@ class Connection:
     def set_max_frame_size(self, size: int | None) -> None:
         """Change the limit (the ``set_options`` command)."""
         self.max_frame_size = size
-        self._parser.max_frame_size = size
+        if self._parser is not None:
+            self._parser.max_frame_size = size
