@@ -37,10 +37,10 @@ never wait for Redis.  The cache is eventually consistent: a join on one node is
 after one pub/sub hop.  A node that drops a message of another as stale (its subscriber fell
 more than ``node_ttl`` + :data:`~cowboy_ws.bus_codec.REPLAY_SLACK` s behind) or gets a snapshot
 with a part missing has missed changes: it asks that node for its snapshot (``("r",)``, again
-every ``node_ttl / 3`` s until a whole one arrives) and sends it its own.  Everything one node publishes goes through one
-connection from one thread, and Redis delivers one publisher's messages to a subscriber in the
-order they were published (whatever the channel), so messages from one sender to one Pid arrive
-in order, and group changes apply in order.
+every ``node_ttl / 3`` s until a whole one arrives) and sends it its own.  Everything one node
+publishes goes through one connection from one thread, and Redis delivers one publisher's messages
+to a subscriber in the order they were published (whatever the channel), so messages from one
+sender to one Pid arrive in order, and group changes apply in order.
 
 Bus messages are msgpack (no code runs when one is decoded) in an envelope with the sender, a
 timestamp and a sequence number, and with a shared secret (``secret=``, ``--cluster-secret``,
@@ -466,7 +466,7 @@ class RedisBackend(Backend):
 
     def _travels(self, group: Hashable) -> bool:
         try:
-            self._encode(group)
+            self._bus.check_size(self._codec.encode(group))  # type: ignore[union-attr]
             return True
         except (TypeError, ValueError) as exc:
             log.warning("group %r cannot travel on the bus (%s): it stays local to node %s", group, exc, self.node)

@@ -392,7 +392,7 @@ def test_a_snapshot_in_parts_applies_whole_or_not_at_all_and_a_gap_asks_again():
 
 
 def test_a_stale_message_makes_the_node_ask_its_sender_for_the_membership():
-    backend, _local, peer = node()
+    backend, _local, _peer = node()
     old = Bus("peer:1:aa", codec(), SECRET, max_age=15.0, clock=lambda: time.time() - 60)
     backend._handle(EVERYONE.encode(), old.seal(EVERYONE, codec().encode(("c", [["l", "room", [1]]]))))
     assert backend.rejected == {"stale": 1}
