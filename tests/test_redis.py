@@ -388,7 +388,7 @@ def test_a_node_that_dropped_changes_as_stale_asks_for_the_membership_and_conver
         for client in leaving:
             client.abort()
         wait_until(lambda: ask(staying, "local") == "1", 10, "the other node's 3 exits")
-        time.sleep(float(TTL) + REPLAY_SLACK + 1)  # what it published meanwhile is now too old to accept
+        time.sleep(float(TTL) + REPLAY_SLACK + 2)  # what it published meanwhile is now too old to accept
         gate.set()
         wait_until(lambda: backend.rejected["stale"] > 0, 10, "the exits dropped as stale")
         wait_until(lambda: len(cowboy_ws.members(group)) == 1, 10, "the membership resynchronized")
