@@ -46,10 +46,10 @@ def _new_node_id() -> str:
 
 #: This process's node id (Erlang's ``node()``); a forked child gets a fresh one.
 _node = _new_node_id()
-#: Local Pids whose number left the process (pickled, sent to another node in a message, or announced
-#: as a group member), by number: what a Pid of this node coming back, or a message from another node,
-#: resolves to.  Weak: a Pid that is gone is gone from here too; a Pid that never leaves the process
-#: costs nothing.
+#: Local Pids whose number left the process (pickled, sent to another node in a message, or a group
+#: member that left its groups alive), by number: with the group members (:meth:`_Groups.member`),
+#: what a Pid of this node coming back, or a message from another node, resolves to.  Weak: a Pid
+#: that is gone is gone from here too; a Pid that never leaves the process costs nothing.
 _registry: weakref.WeakValueDictionary[int, Pid] = weakref.WeakValueDictionary()
 #: The messaging backend (cowboy_ws.messaging): where messages to other nodes go.
 _backend: Backend = LocalBackend()
@@ -167,7 +167,7 @@ class Pid:
 def _unpickle_pid(node_id: str, pid_id: int) -> Pid:
     """What a pickled Pid becomes: the live local Pid, else a Pid naming it."""
     if node_id == _node:
-        pid = _registry.get(pid_id)
+        pid = local_pid(pid_id)
         if pid is not None:
             return pid
     return Pid._named(node_id, pid_id)
@@ -175,7 +175,8 @@ def _unpickle_pid(node_id: str, pid_id: int) -> Pid:
 
 def local_pid(pid_id: int) -> Pid | None:
     """The live local Pid with this number (what the backends deliver to), or None."""
-    return _registry.get(pid_id)
+    pid = _registry.get(pid_id)
+    return pid if pid is not None else _groups.member(pid_id)
 
 
 def pid_from_ref(node_id: str, pid_id: int) -> Pid:
@@ -266,51 +267,64 @@ class _Groups:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._groups: dict[Hashable, dict[Pid, None]] = {}
-        #: each member's groups: a tuple, not a set (most Pids are in one group: 48 bytes, not 216)
-        self._of: dict[Pid, tuple[Hashable, ...]] = {}
+        #: each group's members by number (a local Pid's number names it in this process): also how
+        #: a message from another node finds a member (:meth:`member`), without a weak reference each
+        self._groups: dict[Hashable, dict[int, Pid]] = {}
+        #: each member's groups, by number: the group itself for the usual one, a list for several
+        #: (no container for one group; a list is never a group, which must be hashable)
+        self._of: dict[int, Any] = {}
 
     def join(self, group: Hashable, pid: Pid) -> None:
         with self._lock:
             members = self._groups.setdefault(group, {})
-            if pid in members:
+            if pid.id in members:
                 return
-            members[pid] = None
-            self._of[pid] = self._of.get(pid, ()) + (group,)
-            _registry[pid.id] = pid  # other nodes will address it by number
+            members[pid.id] = pid
+            groups = self._of.get(pid.id, _NO_GROUP)
+            self._of[pid.id] = (group if groups is _NO_GROUP else
+                                groups + [group] if type(groups) is list else [groups, group])
             _backend.joined(group, pid)
 
     def leave(self, group: Hashable, pid: Pid) -> None:
         with self._lock:
             members = self._groups.get(group)
-            if members is None or pid not in members:
+            member = members.pop(pid.id, None) if members is not None else None
+            if member is None:
                 return
-            del members[pid]
             if not members:
                 del self._groups[group]
-            groups = tuple(g for g in self._of.get(pid, ()) if g != group)
-            if groups:
-                self._of[pid] = groups
-            else:
-                self._of.pop(pid, None)
-            _backend.left(group, pid)
+            rest = [g for g in _as_list(self._of.pop(pid.id, _NO_GROUP)) if g != group]
+            if rest:
+                self._of[pid.id] = rest if len(rest) > 1 else rest[0]
+            elif member._conn is not None:
+                _registry[pid.id] = member  # other nodes knew its number: it must still be found by it
+            _backend.left(group, member)
 
     def leave_all(self, pid: Pid) -> None:
         with self._lock:
-            groups = self._of.pop(pid, None)
+            groups = _as_list(self._of.pop(pid.id, _NO_GROUP))
             if not groups:
                 return
             for group in groups:
                 members = self._groups.get(group)
                 if members is not None:
-                    members.pop(pid, None)
+                    members.pop(pid.id, None)
                     if not members:
                         del self._groups[group]
-            _backend.exited(pid, list(groups))
+            _backend.exited(pid, groups)
+
+    def member(self, pid_id: int) -> Pid | None:
+        """The member with this number, if it is in a group."""
+        with self._lock:
+            groups = self._of.get(pid_id, _NO_GROUP)
+            if groups is _NO_GROUP:
+                return None
+            return self._groups[groups[0] if type(groups) is list else groups][pid_id]
 
     def members(self, group: Hashable) -> list[Pid]:
         with self._lock:
-            return list(self._groups.get(group, ()))
+            members = self._groups.get(group)
+            return list(members.values()) if members else []
 
     def which_groups(self) -> list[Hashable]:
         with self._lock:
@@ -319,7 +333,15 @@ class _Groups:
     def snapshot(self) -> dict[Hashable, list[int]]:
         """``{group: [pid number, ...]}`` of this node (what a backend tells a node that asks)."""
         with self._lock:
-            return {group: [pid.id for pid in members] for group, members in self._groups.items()}
+            return {group: list(members) for group, members in self._groups.items()}
+
+
+_NO_GROUP: Any = object()  # _Groups._of's "not a member" (None may be a group)
+
+
+def _as_list(groups: Any) -> list:
+    """A member's groups as ``_Groups._of`` holds them, as a list (empty for _NO_GROUP)."""
+    return [] if groups is _NO_GROUP else groups if type(groups) is list else [groups]
 
 
 _groups = _Groups()
@@ -440,7 +462,7 @@ class _LocalNode:
         return _node
 
     def deliver(self, pid_id: int, msg: Any) -> bool:
-        pid = _registry.get(pid_id)
+        pid = local_pid(pid_id)
         if pid is None:
             return False
         pid.send(msg)

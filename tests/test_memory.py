@@ -162,3 +162,35 @@ def test_idle_connections_share_options_and_keep_a_compact_partial_req():
         assert type(partial) is dict and tuple(partial) == DEFAULT_REQ_FILTER_FIELDS
         assert partial["path"] == "/a" and partial["qs"] == "x=1" and partial["method"] == "GET"
         assert partial["host"] == "127.0.0.1" and partial["peer"][0] == "127.0.0.1"
+
+
+def test_group_members_are_found_by_number_without_a_weak_reference_each():
+    """A member costs its group's entry and its own entry of groups (the group itself when it is in
+    one), no weak reference: a message from another node finds it by number through its groups, and
+    still after it left them alive (its number went out with the join); after its exit, nothing."""
+    from cowboy_ws import process
+
+    def new_pid():
+        return process.Pid(object(), object())  # any live connection: join only needs one
+
+    one, two = new_pid(), new_pid()
+    try:
+        process.join("c100k", one)
+        process.join("c100k", two)
+        assert process._groups._of[one.id] == "c100k"
+        assert process._registry.get(one.id) is None
+        assert process.local_pid(one.id) is one
+        assert process.pid_from_ref(process.node(), one.id) is one
+        process.join(("room", 1), one)
+        assert process._groups._of[one.id] == ["c100k", ("room", 1)]
+        process.leave("c100k", one)
+        assert process._groups._of[one.id] == ("room", 1)
+        assert process.local_members("c100k") == [two]
+        process.leave(("room", 1), one)
+        assert one.id not in process._groups._of
+        assert process.local_pid(one.id) is one  # left alive: still found by number
+        two._exit()
+        assert process.local_pid(two.id) is None and process.local_members("c100k") == []
+    finally:
+        one._exit()
+        two._exit()
