@@ -45,7 +45,6 @@ import logging
 import selectors
 import socket
 import ssl
-import sys
 import time
 import weakref
 from collections import deque
@@ -101,8 +100,8 @@ def _shared_options(opts: WebSocketOptions) -> WebSocketOptions:
 
 class _DefaultPartialReq(tuple):
     """A partial Req of the default ``req_filter``, kept for ``terminate`` as the tuple of its values
-    (104 bytes, not a 272-byte dict), the strings interned: a server's connections mostly share
-    their method, version, scheme, host, path and peer address (a proxy's)."""
+    (104 bytes, not a 272-byte dict), its strings shared (:func:`_shared`): a server's connections
+    mostly share their method, version, scheme, host, path and peer address (a proxy's)."""
 
     __slots__ = ()
 
@@ -111,18 +110,33 @@ class _DefaultPartialReq(tuple):
         """``partial`` as this tuple when it is the default filter's dict, else ``partial`` itself."""
         if type(partial) is not dict or tuple(partial) != DEFAULT_REQ_FILTER_FIELDS:
             return partial
-        return cls(_interned(value) for value in partial.values())
+        return cls(_shared(value) for value in partial.values())
 
     def as_dict(self) -> dict[str, Any]:
         return dict(zip(DEFAULT_REQ_FILTER_FIELDS, self, strict=True))
 
 
-def _interned(value: Any) -> Any:
-    """A str interned; a tuple (the peer address) with its strs interned; anything else as it is."""
+#: The strings of partial Reqs shared between connections: a bounded table, not ``sys.intern``
+#: (the peer chooses the path and the host, and interned strings may be immortal, as on 3.12).
+_SHARED: dict[str, str] = {}
+_SHARED_MAX, _SHARED_LEN = 4096, 256  # at most ~1 MiB held
+
+
+def _shared_str(value: str) -> str:
+    found = _SHARED.get(value)
+    if found is not None:
+        return found
+    if len(_SHARED) < _SHARED_MAX and len(value) <= _SHARED_LEN:
+        _SHARED[value] = value
+    return value
+
+
+def _shared(value: Any) -> Any:
+    """A str, or a tuple's strs (the peer address), as the equal string already in the table."""
     if type(value) is str:
-        return sys.intern(value)
+        return _shared_str(value)
     if type(value) is tuple:
-        return tuple(sys.intern(v) if type(v) is str else v for v in value)
+        return tuple(_shared_str(v) if type(v) is str else v for v in value)
     return value
 
 

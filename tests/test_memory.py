@@ -194,3 +194,19 @@ def test_group_members_are_found_by_number_without_a_weak_reference_each():
     finally:
         one._exit()
         two._exit()
+
+
+def test_partial_req_strings_are_shared_in_a_bounded_table(monkeypatch):
+    """Equal strings of partial Reqs are one object, but what a peer chooses (a path, a host) cannot
+    grow the table without bound, nor a long string stay in it (no sys.intern: immortal on 3.12)."""
+    from cowboy_ws import websocket
+
+    monkeypatch.setattr(websocket, "_SHARED", {})
+    first = websocket._shared("/chat/" + "x" * 10)
+    assert websocket._shared("/chat/" + "x" * 10) is first
+    assert websocket._shared(("10.0.0." + "1", 5000))[0] is websocket._shared(("10.0.0.1", 6000))[0]
+    long = "/" + "y" * websocket._SHARED_LEN
+    assert websocket._shared(long) == long and long not in websocket._SHARED
+    for i in range(websocket._SHARED_MAX * 2):
+        assert websocket._shared(f"/p{i}") == f"/p{i}"
+    assert len(websocket._SHARED) == websocket._SHARED_MAX
