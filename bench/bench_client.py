@@ -101,22 +101,24 @@ report(marks[0], marks[1])
 
 CLIENTS["cowboy_ws_blocking_c"] = ("cowboy_ws", COMMON + r"""
 from cowboy_ws import client
-ws = client.connect(URL, proxy=None)
-frame = ("text", MSG)
-send, recv = ws.send, ws.recv
-for _ in range(INFLIGHT):
-    send(frame)
-sent = INFLIGHT
-for received in range(1, TOTAL + 1):
-    recv()
-    if received == WARM:
-        t0 = cpu()
-    if sent < TOTAL:
+def main():  # a function, as in an application: its loop's names are locals, not module globals
+    ws = client.connect(URL, proxy=None)
+    frame = ("text", MSG)
+    send, recv = ws.send, ws.recv
+    for _ in range(INFLIGHT):
         send(frame)
-        sent += 1
-t1 = cpu()
-ws.close()
-report(t0, t1)
+    sent = INFLIGHT
+    for received in range(1, TOTAL + 1):
+        recv()
+        if received == WARM:
+            t0 = cpu()
+        if sent < TOTAL:
+            send(frame)
+            sent += 1
+    t1 = cpu()
+    ws.close()
+    return t0, t1
+report(*main())
 """, False)
 
 CLIENTS["cowboy_ws_handler_pure"] = ("cowboy_ws", CLIENTS["cowboy_ws_handler_c"][1], True)
@@ -182,20 +184,23 @@ report(*asyncio.run(main()))
 
 CLIENTS["websockets_sync"] = ("websockets", COMMON + r"""
 from websockets.sync.client import connect
-with connect(URL, compression=None, ping_interval=None, proxy=None) as ws:
-    text = MSG.decode()
-    for _ in range(INFLIGHT):
-        ws.send(text)
-    sent = INFLIGHT
-    for received in range(1, TOTAL + 1):
-        ws.recv()
-        if received == WARM:
-            t0 = cpu()
-        if sent < TOTAL:
-            ws.send(text)
-            sent += 1
-    t1 = cpu()
-report(t0, t1)
+def main():
+    with connect(URL, compression=None, ping_interval=None, proxy=None) as ws:
+        text = MSG.decode()
+        send, recv = ws.send, ws.recv
+        for _ in range(INFLIGHT):
+            send(text)
+        sent = INFLIGHT
+        for received in range(1, TOTAL + 1):
+            recv()
+            if received == WARM:
+                t0 = cpu()
+            if sent < TOTAL:
+                send(text)
+                sent += 1
+        t1 = cpu()
+    return t0, t1
+report(*main())
 """, False)
 
 DEFAULT_CLIENTS = list(CLIENTS)

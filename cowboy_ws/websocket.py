@@ -177,6 +177,9 @@ class WebSocketProcess:
     #: the blocking client's hook (``blocking.Inbox.hold_failure``): asked when the peer's bad frame
     #: fails the connection; True holds the failure until :meth:`release_failure`.  None elsewhere.
     hold_failure: Any = None
+    #: the blocking client's hook (``blocking.Inbox.take_messages``): given a read's events first;
+    #: True when it took them all (text and binary messages only), else they are dispatched one by one
+    take_messages: Any = None
     _held: Any = None                # a held failure: (ProtocolError, its close_timeout timer)
     _close_timer: Any = None         # bounds closing + draining (close_timeout)
 
@@ -583,6 +586,8 @@ class WebSocketProcess:
         replies once per run, in bulk.  The run is ``self._replies`` meanwhile, so that a frame
         queued by another way (a broadcast the handler makes to a group it is in) goes behind it.
         """
+        if self.take_messages is not None and self.take_messages(events):
+            return
         handle = self._handle
         loop = self.loop
         pid = self.pid

@@ -328,6 +328,30 @@ def test_send_from_another_thread_than_recv(app):
             assert mine == list(range(count // 4))
 
 
+def test_sends_of_every_form_from_two_threads_keep_each_threads_order(app):
+    """A burst mixing single messages, lists (with a ping among them) and plain str from two threads:
+    the outbox frames runs of messages at once and lists one by one, and each thread's order holds."""
+    server = app()
+    count = 600
+    with client.connect(url_of(server)) as ws:
+
+        def sender(k: int) -> None:
+            for i in range(0, count, 3):
+                ws.send(("text", f"{k}:{i}".encode()))
+                ws.send([("text", f"{k}:{i + 1}".encode()), "ping"])
+                ws.send(f"{k}:{i + 2}")
+
+        threads = [threading.Thread(target=sender, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        received = [ws.recv(WAIT) for _ in range(2 * count)]
+        for t in threads:
+            t.join(WAIT)
+        for k in range(2):
+            mine = [int(m[1].split(b":")[1]) for m in received if m[1].startswith(f"{k}:".encode())]
+            assert mine == list(range(count))
+
+
 def test_a_slow_reader_stops_reading_the_socket(app):
     """Backpressure: the queue stays near max_queue; the server's sends wait in TCP and its send buffer."""
     burst = 3000
@@ -615,6 +639,29 @@ def test_client_protocol_frames_are_the_reference_bytes():
             fast.send_message(kind, data)
             ref.send_message(kind, data)
             assert fast.data_to_send() == ref.data_to_send()
+
+
+def test_client_protocol_frames_a_run_as_send_message_would():
+    """ClientProtocol.send_messages (a run masked by one XOR) queues the bytes send_message would,
+    each frame with its own key; a run with a large message takes the general path, frames intact."""
+    import functools
+    import os
+
+    from cowboy_ws.client.session import ClientProtocol
+    from cowboy_ws.protocol.frames import FrameParser
+
+    keys = [os.urandom(4) for _ in range(1000)]
+    run = [("text" if n % 3 else "binary", os.urandom(n)) for n in [*range(126), 0, 5, 125]]
+    fast = ClientProtocol("client", mask_key=functools.partial(next, iter(keys)))
+    ref = ClientProtocol("client", mask_key=functools.partial(next, iter(keys)))
+    assert fast.send_messages(run) == sum(len(data) for _kind, data in run)
+    for kind, data in run:
+        ref.send_message(kind, data)
+    assert fast.data_to_send() == ref.data_to_send()
+    mixed = [("binary", b"a"), ("text", b"x" * 126), ("binary", b"b" * 70_000), ("text", b"c")]
+    fast.send_messages(mixed)
+    parsed = FrameParser(mask_required=True, max_frame_size=None).feed(fast.data_to_send())
+    assert [(p[0], bytes(p[3])) for p in parsed] == [(2, b"a"), (1, b"x" * 126), (2, b"b" * 70_000), (1, b"c")]
 
 
 def test_masking_keys_come_from_urandom_in_blocks():

@@ -6,7 +6,8 @@ process's background loop, where a :class:`~cowboy_ws.websocket.WebSocketProcess
 role runs it with a built-in handler, :class:`Inbox`: the same machine as every other connection
 (pongs answered while nobody calls :meth:`ClientConnection.recv`, keepalive pings, the closing
 handshake within ``close_timeout``, every limit).  The inbox hands each InFrame, the very tuple
-``websocket_handle`` got, to the caller through a deque:
+``websocket_handle`` got, to the caller through a deque (a read's text and binary messages in one
+``extend``: :meth:`Inbox.take_messages`, the process's hook before its per-event dispatch):
 
 * :meth:`~ClientConnection.recv` pops from it without a lock while it holds something; only an
   empty queue waits on a condition, and the loop notifies it once per loop round, not per message.
@@ -15,9 +16,10 @@ handshake within ``close_timeout``, every limit).  The inbox hands each InFrame,
   buffers: backpressure, bounded memory); :meth:`recv` reactivates it below a quarter of both.
 * :meth:`~ClientConnection.send` checks the frame on the caller's thread (a bad one raises there)
   and appends it to an :class:`Outbox` whose drain the loop runs once per burst (one
-  ``call_soon_threadsafe``, not one per message): safe from any thread, in order, and the sends of
-  a burst leave in one ``send`` system call.  A sender waits while more than ``send_high_water``
-  bytes are unsent (the peer does not read).
+  ``call_soon_threadsafe``, not one per message): safe from any thread, in order; a burst's
+  messages are framed by one ``send_messages`` call (masked by one XOR) and leave in one ``send``
+  system call.  A sender waits while more than ``send_high_water`` bytes are unsent (the peer
+  does not read).
 
 * A protocol failure (the server's bad frame, RFC 6455 §7.1.7) that follows messages the reader
   has not answered yet (queued, or taken and the reader not back in ``recv``) is held
@@ -37,6 +39,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from ..lifecycle import OPEN
@@ -53,7 +57,10 @@ log = logging.getLogger(__name__)
 __all__ = ["ClientConnection", "connect", "connect_forever"]
 
 _OK = ("ok", None)
-_PAUSE = ([("active", False)], None)
+_STOP_READING = ("active", False)
+_PAUSE = ([_STOP_READING], None)
+_kind = itemgetter(0)
+_payload = itemgetter(1)
 #: How often a sender blocked by backpressure looks again (s).
 _SEND_POLL = 0.001
 
@@ -122,6 +129,25 @@ class Inbox:
                     self.paused = True
                     return _PAUSE
         return _OK
+
+    def take_messages(self, events: list) -> bool:
+        """A read's events, when they are all text and binary messages (the usual read): queued at
+        once, as :meth:`websocket_handle` would queue them one by one; else False (the process
+        hands them over one by one)."""
+        kinds = list(map(_kind, events))
+        if kinds.count("text") + kinds.count("binary") != len(kinds):
+            return False
+        queue = self.queue
+        queue.extend(events)
+        self.in_bytes += sum(map(len, map(_payload, events)))
+        if self.waiting:
+            self.loop.mark_dirty(self)
+        if len(queue) >= self.high or self.in_bytes - self.out_bytes >= self.high_bytes:
+            with self.cond:
+                if len(queue) >= self.high or self.in_bytes - self.out_bytes >= self.high_bytes:
+                    self.paused = True
+                    self.session.proc._command(_STOP_READING)  # type: ignore[union-attr]
+        return True
 
     def websocket_info(self, info: Any, state: Any) -> tuple:
         return _OK
@@ -194,7 +220,9 @@ class Outbox:
             self.post(self.drain)
 
     def drain(self) -> None:
-        """The loop thread: frame everything queued, on the open connection (else it is dropped)."""
+        """The loop thread: frame everything queued, on the open connection (else it is dropped).
+
+        A run of messages is framed by one ``send_messages`` call (one masking pass)."""
         self.scheduled = False
         items = self.items
         proc = self.session.proc
@@ -202,19 +230,33 @@ class Outbox:
             items.clear()
             return
         conn = proc.conn
-        for _ in range(len(items)):
-            item = items.popleft()
-            if type(item) is tuple:
-                if conn.can_send:
-                    conn.send_message(item[0], item[1])
-            else:
+        # what is queued now, popped in C (only this thread pops, so popleft never finds it empty)
+        batch = list(islice(iter(items.popleft, None), len(items)))
+        if not batch:  # an earlier drain took them
+            return
+        if list not in map(type, batch):  # only messages: the usual case
+            if conn.can_send:
+                conn.send_messages(batch)
+        else:
+            run: list = []
+            for item in batch:
+                if type(item) is tuple:
+                    run.append(item)
+                    continue
+                if run:
+                    if conn.can_send:
+                        conn.send_messages(run)
+                    run = []
                 for frame in item:
                     if proc.phase is not OPEN:
                         break
                     proc._command(frame)
-            if proc.phase is not OPEN:
-                items.clear()
-                break
+                if proc.phase is not OPEN:  # a Close: what follows it is dropped
+                    items.clear()
+                    run = []
+                    break
+            if run and conn.can_send:
+                conn.send_messages(run)
         proc.loop.mark_dirty(proc)
 
 
@@ -264,11 +306,13 @@ class ClientConnection:
         session = self._session = ClientSession(loop, opened.url, inbox, None, options)
         inbox.session = session
         session.hold_failure = inbox.hold_failure
+        session.take_messages = inbox.take_messages
         self._loop = loop
         self._post = loop.call_soon_threadsafe
         self._closing = False
         self._post(session.begin, opened)
-        self._put = Outbox(session, self._post).put
+        self._outbox = Outbox(session, self._post)
+        self._put = self._outbox.put
 
     def __repr__(self) -> str:
         state = "closed" if self._inbox.closed is not None else "open"
@@ -294,7 +338,11 @@ class ClientConnection:
                 proc = self._session.proc
                 if proc is not None and proc.sendbuf.size > self._high:
                     self._backpressure()
-                self._put(message)
+                outbox = self._outbox  # Outbox.put inlined: the per-message path
+                outbox.items.append(message)
+                if not outbox.scheduled:
+                    outbox.scheduled = True
+                    self._post(outbox.drain)
                 return
         if isinstance(message, str) and message not in ("close", "ping", "pong"):
             self._backpressure()

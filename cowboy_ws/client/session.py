@@ -110,13 +110,19 @@ def _keys_from_urandom(size: int) -> list[bytes]:
 
 _mask_keys: weakref.WeakKeyDictionary[Loop, Any] = weakref.WeakKeyDictionary()
 _from_bytes = int.from_bytes
+#: A masked final text / binary frame's first two bytes by payload length (< 126), RFC 6455 §5.2.
+_MASKED_HEAD = {"text": tuple(bytes((0x81, 0x80 | n)) for n in range(126)),
+                "binary": tuple(bytes((0x82, 0x80 | n)) for n in range(126))}
+#: What a header and its masking key are XORed with: themselves unchanged.
+_UNMASKED = bytes(6)
 
 
 class ClientProtocol(Connection):
     """The sans-IO connection with the client role, and one shortcut: a frame whose payload is under
     126 bytes is built and masked in one expression (header, key, payload XOR the key as one
     integer: RFC 6455 §5.2, §5.3) instead of through ``serialize_frame``; the same bytes.  A small
-    uncompressed message on an open connection takes it straight from :meth:`send_message`."""
+    uncompressed message on an open connection takes it straight from :meth:`send_message`, and a
+    run of them (:meth:`send_messages`) is masked by one XOR."""
 
     __slots__ = ()
 
@@ -130,6 +136,32 @@ class ClientProtocol(Connection):
                                     ^ _from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little"))
                 return
         Connection.send_message(self, kind, data)
+
+    def send_messages(self, frames: list[tuple[str, bytes]]) -> int | None:
+        """Queue a run of whole messages ``(kind, data)`` in order (a read's replies, the blocking API's
+        sends): small uncompressed ones, each with its own masking key (RFC 6455 §5.3), are masked by
+        one integer XOR over the whole run (zeros over each header and key) and queued as one buffer,
+        the bytes :meth:`send_message` would queue one by one.  Returns the payload bytes queued, or
+        None (the general path)."""
+        if self.state is _CONN_OPEN and not self.compress and frames:
+            key_of = self._mask_key
+            wire: list[bytes] = []
+            masks: list[bytes] = []
+            for kind, data in frames:
+                n = len(data)
+                heads = _MASKED_HEAD.get(kind)
+                if n >= 126 or heads is None or type(data) is not bytes:
+                    break  # nothing queued yet: the general path takes the whole run
+                key = key_of()  # type: ignore[misc]
+                wire += (heads[n], key, data)
+                masks += (_UNMASKED, (key * ((n >> 2) + 1))[:n])
+            else:
+                data = b"".join(wire)
+                size = len(data)
+                self._out.append((_from_bytes(data, "little")
+                                  ^ _from_bytes(b"".join(masks), "little")).to_bytes(size, "little"))
+                return size - 6 * len(frames)  # 2-byte headers, 4-byte keys
+        return Connection.send_messages(self, frames)
 
     def _frame(self, opcode: int, payload: Any, rsv1: bool = False) -> bytes:
         n = len(payload)
@@ -209,6 +241,8 @@ class ClientSession:
     last_proc: WebSocketProcess | None = None
     #: the blocking API's ``Inbox.hold_failure``, given to each process (``WebSocketProcess.hold_failure``)
     hold_failure: Any = None
+    #: the blocking API's ``Inbox.take_messages``, given to each process (``WebSocketProcess.take_messages``)
+    take_messages: Any = None
 
     def __init__(self, loop: Loop, target: WsURL, handler: Any, state: Any, options: ClientOptions,
                  parent: Any = None) -> None:
@@ -283,6 +317,8 @@ class ClientSession:
                                 pid=self.pid)
         if self.hold_failure is not None:
             proc.hold_failure = self.hold_failure
+        if self.take_messages is not None:
+            proc.take_messages = self.take_messages
         self.proc = self.last_proc = proc
         self.info = {"url": str(opened.url), "subprotocol": opened.subprotocol, "extensions": opened.extensions,
                      "headers": list(opened.response.headers)}
