@@ -203,6 +203,22 @@ def connect(serve):
         client.abort()
 
 
+def server_processes(server) -> list:
+    """The server's WebSocketProcesses, read on its loop's thread (bounded wait)."""
+    from cowboy_ws.websocket import WebSocketProcess
+
+    box: list = []
+    done = threading.Event()
+
+    def look() -> None:
+        box.extend(c for c in server.connections if isinstance(c, WebSocketProcess))
+        done.set()
+
+    server.loop.call_soon_threadsafe(look)
+    assert done.wait(WAIT)
+    return box
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
     """Poll ``predicate`` (for state that has no Recorder to wait on)."""
     deadline = time.monotonic() + timeout

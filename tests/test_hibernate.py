@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 import pytest
 from websockets.sync.client import connect
 
 import cowboy_ws
 from cowboy_ws.protocol.frames import OP_TEXT
-from cowboy_ws.websocket import WebSocketProcess
 
 sys.path.insert(0, os.path.dirname(__file__))
+from conftest import server_processes  # noqa: E402
 from wsclient import Client, masked  # noqa: E402
 
 
@@ -40,18 +39,6 @@ class Sleepy:
         return ("reply", ("text", info), state, "hibernate")
 
 
-def _processes(server):
-    box, done = [], threading.Event()
-
-    def look():
-        box.extend(c for c in server.connections if isinstance(c, WebSocketProcess))
-        done.set()
-
-    server.loop.call_soon_threadsafe(look)
-    assert done.wait(5)
-    return box
-
-
 def test_hibernated_connection_drops_queues_and_keeps_working():
     """After a hibernate result the mailbox and send queue are released; messages still flow both ways."""
     server = cowboy_ws.Server([("_", Sleepy, None)], port=0).start()
@@ -59,14 +46,14 @@ def test_hibernated_connection_drops_queues_and_keeps_working():
         with connect(server.url, open_timeout=5, close_timeout=5) as ws:
             ws.send("hello")
             assert ws.recv(timeout=5) == "hello"
-            [process] = _processes(server)
+            [process] = server_processes(server)
             assert process._mailbox is None and process.sendbuf.parts is None
             assert process.conn._parser is None  # no frame half received: the next read makes one
             ws.send("ping-me")
             assert ws.recv(timeout=5) == "from mailbox"
             ws.send(b"\x00" * 200_000)  # a large reply may need the send queue again
             assert ws.recv(timeout=5) == b"\x00" * 200_000
-            [process] = _processes(server)
+            [process] = server_processes(server)
             assert process._mailbox is None and process.sendbuf.parts is None
     finally:
         server.shutdown(grace=1)
@@ -83,7 +70,7 @@ def test_hibernate_keeps_a_half_received_frame():
             assert client.recv_event() == ("text", b"first")
             client.send_raw(second[9:])
             assert client.recv_event() == ("text", b"the second message")
-            [process] = _processes(server)
+            [process] = server_processes(server)
             assert process.conn._parser is None
     finally:
         server.shutdown(grace=1)
@@ -108,7 +95,7 @@ def test_hibernated_deflate_connection_keeps_window_not_inflater():
                     assert len(payload) < 12  # nothing but a back-reference to the first message
                 client.send_raw(masked(OP_TEXT, payload, rsv1=True))
                 assert client.recv_event() == ("text", text.encode())
-                [process] = _processes(server)
+                [process] = server_processes(server)
                 deflate = process.conn.deflate
                 assert deflate is not None and deflate._inflater is None
                 assert 0 < deflate.memory_estimate() < 1024  # the kept output, no zlib object
@@ -118,14 +105,14 @@ def test_hibernated_deflate_connection_keeps_window_not_inflater():
             client.send_ping(b"1")
             assert client.recv_event() == ("pong", b"1")
             assert client.recv_event() == ("ping", b"1")  # Sleepy echoes every frame
-            [process] = _processes(server)
+            [process] = server_processes(server)
             assert process.conn.deflate._inflater is not None
             client.send_raw(masked(0, payload[4:]))
             event = client.recv_event()
             while event[0] in ("ping", "pong"):  # the echo of our automatic pong, maybe
                 event = client.recv_event()
             assert event == ("text", SUBSCRIBE.encode())
-            [process] = _processes(server)
+            [process] = server_processes(server)
             assert process.conn.deflate._inflater is None
     finally:
         server.shutdown(grace=1)
@@ -144,7 +131,7 @@ def test_hibernated_deflate_interop(size):
                 message = text if i % 2 else f"{i}{text}"
                 ws.send(message)
                 assert ws.recv(timeout=5) == message
-            [process] = _processes(server)
+            [process] = server_processes(server)
             assert (process.conn.deflate._inflater is None) == (size == 100)
     finally:
         server.shutdown(grace=1)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from conftest import server_processes
 
 from cowboy_ws import memory
 
@@ -114,25 +115,9 @@ class _Idle:
         _Idle.partials.append(partial_req)
 
 
-def _processes(server) -> list:
-    import threading
-
-    from cowboy_ws.websocket import WebSocketProcess
-
-    box, done = [], threading.Event()
-
-    def look():
-        box.extend(c for c in server.connections if isinstance(c, WebSocketProcess))
-        done.set()
-
-    server.loop.call_soon_threadsafe(look)
-    assert done.wait(5)
-    return box
-
-
 def test_idle_connections_share_options_and_keep_a_compact_partial_req():
     """Two connections of one route hold one WebSocketOptions (equal options, frozen), the default
-    partial Req as a tuple of interned values, and no mailbox until a message comes; ``terminate``
+    partial Req as a tuple of shared strings, and no mailbox until a message comes; ``terminate``
     still gets the partial Req as a dict of the default fields (Cowboy's req_filter)."""
     import cowboy_ws
     from cowboy_ws.req import DEFAULT_REQ_FILTER_FIELDS
@@ -147,7 +132,7 @@ def test_idle_connections_share_options_and_keep_a_compact_partial_req():
             for client in (one, two):
                 client.send_text("hi")
                 assert client.recv_event() == ("text", b"hi")
-            first, second = _processes(server)
+            first, second = server_processes(server)
             assert first.opts is second.opts and first.opts.idle_timeout is None
             assert type(first._partial_req) is not dict
             mine, theirs = first.partial_req, second.partial_req  # new dicts of the values kept
