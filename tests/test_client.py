@@ -352,6 +352,61 @@ def test_sends_of_every_form_from_two_threads_keep_each_threads_order(app):
             assert mine == list(range(count))
 
 
+def test_an_answer_queued_before_a_bad_frame_leaves_before_the_close():
+    """The reader answered a message and came back to recv before the loop drained the answer; the
+    server's next frame is bad (RFC 6455 §7.1.7): the answer still leaves before the Close (the
+    read is handled before the drain in the same loop round; Autobahn 4.2.5 under load)."""
+    from test_client_hostile import RawServer, answer_close, read_frames, upgrade
+
+    from cowboy_ws.protocol.frames import serialize_frame
+
+    release = threading.Event()
+
+    def script(sock, headers):
+        upgrade(sock, headers)
+        sock.sendall(serialize_frame(0x1, b"a"))
+        assert release.wait(WAIT)
+        sock.sendall(bytes([0x83, 0]))  # a reserved opcode
+        got, _ = read_frames(sock, until_close=True)
+        answer_close(sock, got)
+        return [(opcode, payload) for opcode, _fin, _rsv1, payload in got]
+
+    server = RawServer(script)
+    try:
+        ws = client.connect(server.url)
+        assert ws.recv(WAIT) == ("text", b"a")
+        blocked, unblock = threading.Event(), threading.Event()
+
+        def hold_the_loop() -> None:
+            blocked.set()
+            unblock.wait(WAIT)
+
+        ws._loop.call_soon_threadsafe(hold_the_loop)
+        assert blocked.wait(WAIT)
+        release.set()
+        time.sleep(0.1)  # the bad frame reaches our socket while the loop is held
+        ws.send(("text", b"a"))  # queued: its drain waits for the loop
+        outcome: list = []
+
+        def read() -> None:
+            try:
+                ws.recv(WAIT)
+            except cowboy_ws.ConnectionClosed as exc:
+                outcome.append(exc.code)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_for(lambda: ws._inbox.waiting, what="the reader back in recv")
+        unblock.set()
+        reader.join(WAIT)
+        assert server.done.wait(WAIT)
+        assert server.results == [[(0x1, b"a"), (0x8, (1002).to_bytes(2, "big"))]]
+        assert outcome == [1002]
+        ws.close()
+    finally:
+        server.close()
+
+
 def test_a_slow_reader_stops_reading_the_socket(app):
     """Backpressure: the queue stays near max_queue; the server's sends wait in TCP and its send buffer."""
     burst = 3000

@@ -107,6 +107,7 @@ class Inbox:
         self.session: ClientSession | None = None
         self.held = False           # a protocol failure waits for the reader (hold_failure; under cond)
         self.busy = False           # the reader took a message and has not asked for the next (its flag)
+        self.outbox: Outbox | None = None  # the connection's sends (hold_failure drains them first)
 
     # -- the handler (loop thread) ----------------------------------------------------------
 
@@ -164,7 +165,11 @@ class Inbox:
         reader has messages from before it to take (queued, or the last one taken and the reader
         not back in :meth:`~ClientConnection.recv` yet: it may be answering it), so that what it
         sends in answer leaves before our Close, as a handler's replies would.  The reader's next
-        ``recv`` on an empty queue releases it (``close_timeout`` at the latest)."""
+        ``recv`` on an empty queue releases it (``close_timeout`` at the latest).  What it sent
+        already is framed first: its drain may be waiting behind this read in the loop round."""
+        outbox = self.outbox
+        if outbox is not None and outbox.items:
+            outbox.drain()
         with self.cond:
             if self.queue or self.busy:
                 self.held = True
@@ -311,7 +316,7 @@ class ClientConnection:
         self._post = loop.call_soon_threadsafe
         self._closing = False
         self._post(session.begin, opened)
-        self._outbox = Outbox(session, self._post)
+        self._outbox = inbox.outbox = Outbox(session, self._post)
         self._put = self._outbox.put
 
     def __repr__(self) -> str:
