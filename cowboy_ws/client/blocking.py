@@ -398,12 +398,12 @@ class ClientConnection:
         message received before that was taken.  One thread at a time should call it.
         """
         inbox = self._inbox
+        inbox.busy = True  # before the pop: a failure parsed meanwhile is held for this message's answer
         try:
             frame = inbox.queue.popleft()
         except IndexError:
-            return self._recv_wait(timeout)
+            return self._recv_wait(timeout)  # (it clears busy under the lock)
         inbox.out_bytes += len(frame[1])
-        inbox.busy = True
         if inbox.paused:
             self._maybe_resume()
         return frame
