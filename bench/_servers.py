@@ -457,6 +457,27 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM ``proc``, wait up to ``timeout`` s, then SIGKILL its whole process group (its workers).
+
+    ``proc`` must have been started with ``start_new_session=True`` (it leads its own group).
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its session
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 class ServerProc:
     """One server subprocess, pinned to ``core``; never outlives :meth:`stop` (call it in ``finally``)."""
 

@@ -64,6 +64,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, ".."))
 sys.path.insert(0, ROOT)
 
+from _servers import stop_process_group  # noqa: E402  (bench/: the script's folder, or PYTHONPATH)
+
 import cowboy_ws  # noqa: E402
 from cowboy_ws.protocol.frames import OP_TEXT, serialize_frame  # noqa: E402
 from cowboy_ws.protocol.handshake import build_request  # noqa: E402
@@ -194,16 +196,7 @@ class Server:
         return port
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, 9)
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process_group(self.proc, 30)
 
 
 # --- raw-socket client ---------------------------------------------------------------------------

@@ -81,6 +81,8 @@ ROOT = os.path.abspath(os.path.join(HERE, ".."))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from _servers import stop_process_group  # noqa: E402  (bench/: the script's folder, or PYTHONPATH)
+
 import cowboy_ws  # noqa: E402
 
 GROUP = "c100k"
@@ -678,20 +680,7 @@ class ServerProc:
                 if " WARNING " in line and "unauthenticated" not in line and "secret is only" not in line]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of its session (workers)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_process_group(self.proc, 30)
         self.log.close()
 
 
