@@ -10,6 +10,7 @@
   ``script`` holds callables that replace the default callbacks (see Scripted).
 * ``connect(server, path="/ws", **kw)``: a :class:`tests.wsclient.Client`,
   aborted at teardown.
+* ``Echo``: the minimal handler (echoes every frame), for a test to subclass.
 * ``tls``: (server, client) SSL contexts around a self-signed certificate made
   for the test (``cryptography``, else the ``openssl`` command; skipped if neither).
 """
@@ -144,6 +145,22 @@ class Scripted:
         # after init raised, terminate gets the route's state (no "conn"): the latest connection
         conn = state["conn"] if "conn" in state else rec.inits - 1
         rec.record(conn, "terminate", (reason, partial_req, state))
+
+
+class Echo:
+    """The minimal handler: replies with every frame it is given; subclass it to change the rest."""
+
+    @staticmethod
+    def init(req, state):
+        return ("cowboy_websocket", req, state)
+
+    @staticmethod
+    def websocket_handle(frame, state):
+        return ("reply", frame, state)
+
+    @staticmethod
+    def websocket_info(info, state):
+        return ("ok", state)
 
 
 def default_handle(frame, state):

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import server_processes
+from conftest import Echo, server_processes
 
 from cowboy_ws import memory
 
@@ -93,7 +93,7 @@ def test_64k_echo_does_not_page_fault_per_message():
 # -- what an idle connection holds (issue 16: RSS per idle connection, bench/c100k.py) ----------
 
 
-class _Idle:
+class _Idle(Echo):
     """Returns options from ``init`` (a new merged WebSocketOptions per connection) and records terminate."""
 
     partials: list = []
@@ -101,14 +101,6 @@ class _Idle:
     @staticmethod
     def init(req, state):
         return ("cowboy_websocket", req, state, {"idle_timeout": "infinity"})
-
-    @staticmethod
-    def websocket_handle(frame, state):
-        return ("reply", frame, state)
-
-    @staticmethod
-    def websocket_info(info, state):
-        return ("ok", state)
 
     @staticmethod
     def terminate(_reason, partial_req, _state):
