@@ -1,8 +1,8 @@
 """Server instructions per echoed message, end to end over TCP, counted by callgrind: noise-free.
 
 A cowboy_ws echo server runs under ``valgrind --tool=callgrind``; a client (this process, not
-under valgrind) upgrades, then sends bursts of ``--inflight`` masked text messages of ``--size``
-bytes and reads every echo before the next burst, then closes.  The server exits when that
+under valgrind) upgrades, then sends bursts of ``--inflight`` masked text (or ``--binary``)
+messages of ``--size`` bytes and reads every echo before the next burst, then closes.  The server exits when that
 connection ends.  Two runs that differ only in the number of bursts give the instructions of
 the extra bursts; divided by their messages, that is the server's user-space instructions per
 message (the interpreter, the kernels, libc: not the kernel's side of the system calls), the
@@ -14,6 +14,8 @@ Use it to A/B a change on a busy machine (``--tree`` runs another checkout, e.g.
     python bench/echo_instr.py                        # 16 B, 64 in flight, C backend
     python bench/echo_instr.py --pure --size 1024 --inflight 16
     python bench/echo_instr.py --tree /tmp/before     # the same, for another checkout
+    python bench/echo_instr.py --size 65536 --inflight 4 --binary --keep /tmp/cg   # 64 KiB; keep
+                                                      # the callgrind files for callgrind_annotate
 
 Needs valgrind and a CPython that valgrind runs (the pyenv shim is a shell script: the real
 interpreter, ``sys.executable``, is what is run).  About 30 s per figure.
@@ -63,22 +65,26 @@ def wire_size(size: int) -> int:
     return size + (2 if size < 126 else 4 if size < 65536 else 10)
 
 
-def total_instructions(tree: str, bursts: int, size: int, inflight: int, pure: bool, timeout: float) -> int:
-    """Run the server under callgrind for ``bursts`` bursts; its total instruction count."""
+def total_instructions(tree: str, bursts: int, size: int, inflight: int, pure: bool, timeout: float,
+                       binary: bool = False, keep: str | None = None) -> int:
+    """Run the server under callgrind for ``bursts`` bursts; its total instruction count.
+
+    ``keep``: a path prefix; the callgrind output is kept as ``<keep>.<bursts>.out``."""
     env = dict(os.environ, PYTHONHASHSEED="0")
     env.pop("COWBOY_WS_PURE", None)
     if pure:
         env["COWBOY_WS_PURE"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
+        out = f"{keep}.{bursts}.out" if keep else os.path.join(tmp, "callgrind.out")
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                  sys.executable, "-c", SERVER, tree],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         try:
             port = int(proc.stdout.readline())  # type: ignore[union-attr]
             client = Connection("client", mask_key=lambda: b"abcd")
+            send = client.send_binary if binary else client.send_text
             for _ in range(inflight):
-                client.send_text(b"x" * size)
+                send(b"x" * size)
             burst = client.data_to_send()
             want = inflight * wire_size(size)
             deadline = time.monotonic() + timeout
@@ -123,15 +129,18 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=64, help="messages per burst (default 64)")
     parser.add_argument("--bursts", type=int, default=0, help="bursts in the longer run (default: by size)")
     parser.add_argument("--pure", action="store_true", help="the pure-Python backend (COWBOY_WS_PURE=1)")
+    parser.add_argument("--binary", action="store_true", help="binary messages (default text: UTF-8 checked)")
+    parser.add_argument("--keep", metavar="PREFIX", help="keep the callgrind outputs as PREFIX.<bursts>.out")
     parser.add_argument("--timeout", type=float, default=300, help="give up a run after this many seconds")
     args = parser.parse_args()
     long = args.bursts or max(20, min(1200, 16_000 // args.inflight * 16 // max(16, args.size) * 4))
     short = max(1, long // 5)
-    a = total_instructions(args.tree, short, args.size, args.inflight, args.pure, args.timeout)
-    b = total_instructions(args.tree, long, args.size, args.inflight, args.pure, args.timeout)
+    a = total_instructions(args.tree, short, args.size, args.inflight, args.pure, args.timeout, args.binary, args.keep)
+    b = total_instructions(args.tree, long, args.size, args.inflight, args.pure, args.timeout, args.binary, args.keep)
     per = (b - a) / ((long - short) * args.inflight)
     backend = "pure" if args.pure else "C (if built)"
-    print(f"{per:,.0f} instructions per message  ({args.size} B, {args.inflight} in flight, {backend}, "
+    kind = "binary" if args.binary else "text"
+    print(f"{per:,.0f} instructions per message  ({args.size} B {kind}, {args.inflight} in flight, {backend}, "
           f"bursts {short} vs {long}, tree {args.tree})")
 
 

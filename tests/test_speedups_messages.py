@@ -108,3 +108,17 @@ def test_fast_path_stops_before_anything_else():
     # a client's parser, and short input, are left to the general path
     assert C.parse_messages(Connection("client")._parser, head, True) == ([], 0)
     assert C.parse_messages(Connection("server")._parser, head[:22], True) == ([], 0)
+
+
+def test_a_large_first_frame_is_left_to_the_general_path():
+    key = b"abcd"
+    small = serialize_frame(OP_TEXT, b"0123456789abcdef", mask_key=key)
+    just_under = serialize_frame(OP_BINARY, b"u" * (C._LARGE - 1), mask_key=key)  # 16-bit length
+    events, used = C.parse_messages(Connection("server")._parser, just_under + small, True)
+    assert used == len(just_under + small) and [e[0] for e in events] == ["binary", "text"]
+    for size in (C._LARGE, 65535, 65536, 70000):  # 16-bit and 64-bit lengths (RFC 6455 §5.2)
+        large = serialize_frame(OP_BINARY, b"L" * size, mask_key=key)
+        assert C.parse_messages(Connection("server")._parser, large + small, True) == ([], 0)
+        conn = Connection("server")
+        events = conn.receive_data(memoryview(large + small))
+        assert events == [("binary", b"L" * size), ("text", b"0123456789abcdef")]

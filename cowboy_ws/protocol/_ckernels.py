@@ -392,6 +392,9 @@ def parse_messages(parser: ParserSettings, data: bytes | bytearray | memoryview,
     n = len(data)
     if n < MESSAGES_SMALL or not parser.mask_required:
         return [], 0
+    length = data[1] & 0x7F
+    if length == 127 or (length == 126 and (data[2] << 8 | data[3]) >= _LARGE):
+        return [], 0  # a large first frame, which cw_parse_simple would refuse: skip the call (§5.2 lengths)
     if limit is None:
         flags = 0
         lim = 0
