@@ -55,8 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))  # the repository root, for the import checks
 
-from _servers import (IMPORTS, PAYLOAD, ServerProc, cowboy_backend_c_available, env_for,  # noqa: E402
-                      find_erlang_cowboy)
+from _perf import PerfRecorder, perf_missing  # noqa: E402
+from _servers import IMPORTS, PAYLOAD, ServerProc, cowboy_backend_c_available, env_for, find_erlang_cowboy  # noqa: E402
 
 IO_TIMEOUT = 10.0          # any single wait on a socket
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -881,8 +881,9 @@ ALL_SERVERS = [  # label, script, pure kernels
 
 
 def run_rounds(labels: list[str], servers: dict[str, ServerProc], fn: Callable[[str, ServerProc], Run],
-               rounds: int, errors: dict[str, str], warmup: Callable[[str, ServerProc], Any] | None = None
-               ) -> dict[str, list[Run]]:
+               rounds: int, errors: dict[str, str], warmup: Callable[[str, ServerProc], Any] | None = None,
+               perf: PerfRecorder | None = None) -> dict[str, list[Run]]:
+    """Each server's ``fn`` once per round, order alternating; with ``perf``, the last round under perf."""
     results: dict[str, list[Run]] = {lb: [] for lb in labels if lb in servers}
     if warmup:
         for lb in list(results):
@@ -897,7 +898,11 @@ def run_rounds(labels: list[str], servers: dict[str, ServerProc], fn: Callable[[
             if lb in errors:
                 continue
             try:
-                results[lb].append(fn(lb, servers[lb]))
+                srv = servers[lb]
+                if perf is not None and r == rounds - 1:
+                    results[lb].append(perf.record(lb, srv.pid, lambda: fn(lb, srv)))  # noqa: B023 - called now
+                else:
+                    results[lb].append(fn(lb, srv))
             except Exception as exc:  # noqa: BLE001
                 errors[lb] = f"{type(exc).__name__}: {exc}"
         print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
@@ -1063,6 +1068,7 @@ class Bench:
         else:
             self.skipped["Cowboy (erl)"] = f"{self.erl_note}, but this harness has no Erlang runner yet: skipped"
         self.labels = list(self.defs)
+        self.perf_note = perf_missing() if args.perf else None
         self.ref = C_LABEL if C_LABEL in self.defs else PURE_LABEL if PURE_LABEL in self.defs else None
         self.ref_note = ("ratios are to cowboy_ws C" if self.ref == C_LABEL else
                          ("C backend absent" if not self.has_c else "cowboy_ws C not selected") +
@@ -1090,10 +1096,12 @@ class Bench:
         servers = start_servers(labels, self.defs, self.server_core, compress, errors, self.args.profile)
         hwm: dict[str, int] = {}
         profiles: dict[str, str] = {}
+        perf = self.new_perf()
         try:
             run = fn_factory
             results = run_rounds(labels, servers, lambda lb, srv: run(srv, n, self.args.max_run_s), rounds, errors,
-                                 warmup=lambda lb, srv: run(srv, warm_n or max(1, n // 5), self.args.max_run_s))
+                                 warmup=lambda lb, srv: run(srv, warm_n or max(1, n // 5), self.args.max_run_s),
+                                 perf=perf)
             for lb, srv in servers.items():
                 hwm[lb] = srv.hwm_kib()
                 if self.args.profile and self.defs[lb][0] == "cowboy_ws":
@@ -1108,9 +1116,33 @@ class Bench:
             print(f"\n-- {lb}: cProfile of the server loop over the warm-up and all rounds, top "
                   f"{self.args.profile} by tottime")
             print(text.strip())
+        self.print_perf(perf, results, unit)
         self.out["scenarios"][key] = {"title": title, "notes": notes, "n": n, "rounds": rounds,
                                       "runs": results, "summary": summary, "peak_rss_kib": hwm, "errors": errors}
         return summary
+
+    def new_perf(self) -> PerfRecorder | None:
+        """A recorder for this scenario's last round (``--perf``), or None."""
+        if not self.args.perf:
+            return None
+        if self.perf_note:
+            print(f"   --perf: skipped, {self.perf_note}")
+            return None
+        return PerfRecorder(self.args.perf)
+
+    @staticmethod
+    def print_perf(perf: PerfRecorder | None, results: dict[str, list[Run]], unit: str) -> None:
+        """Where each server's CPU went in its perf-recorded (last) run."""
+        if perf is None:
+            return
+        try:
+            for lb, runs in results.items():
+                if lb in perf.files and runs:
+                    last = runs[-1]
+                    print()
+                    print(perf.report(lb, last["cpu"] / last["n"] * 1e6, unit))
+        finally:
+            perf.close()
 
     def s1(self) -> dict:
         n = self.args.messages or (30_000 if self.quick else 150_000)
@@ -1185,6 +1217,7 @@ class Bench:
         servers = start_servers(self.labels, self.defs, self.server_core, False, errors)
         groups: dict[str, Broadcast] = {}
         hwm: dict[str, int] = {}
+        perf = self.new_perf()
         try:
             for lb, srv in servers.items():
                 try:
@@ -1193,7 +1226,8 @@ class Bench:
                     errors[lb] = f"setup: {type(exc).__name__}: {exc}"
             results = run_rounds(self.labels, {lb: s for lb, s in servers.items() if lb in groups},
                                  lambda lb, srv: groups[lb].run(per_run, self.args.max_run_s), rounds, errors,
-                                 warmup=lambda lb, srv: groups[lb].run(max(10, per_run // 5), self.args.max_run_s))
+                                 warmup=lambda lb, srv: groups[lb].run(max(10, per_run // 5), self.args.max_run_s),
+                                 perf=perf)
             for lb, srv in servers.items():
                 hwm[lb] = srv.hwm_kib()
         finally:
@@ -1207,6 +1241,7 @@ class Bench:
                  f"the next 'go' (members are read every 8 broadcasts and at the end)",
                  "delivery/s = members x broadcasts / time until every member had every message; CPU per delivery"]
         print_table(title, notes, self.labels, summary, hwm, errors, unit="delivery", ref=self.ref)
+        self.print_perf(perf, results, "delivery")
         self.out["scenarios"]["bcast"] = {"title": title, "notes": notes, "members": members, "per_run": per_run,
                                           "rounds": rounds, "runs": results, "summary": summary,
                                           "peak_rss_kib": hwm, "errors": errors}
@@ -1457,6 +1492,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of the scenarios: tracemalloc of N (500) idle cowboy_ws connections, top sites")
     ap.add_argument("--profile", type=int, nargs="?", const=20, default=0, metavar="TOP",
                     help="scenarios 1-3: run the cowboy_ws servers under cProfile, print the TOP (20) functions")
+    ap.add_argument("--perf", type=int, nargs="?", const=15, default=0, metavar="TOP",
+                    help="scenarios 1-4: record each server's last round with Linux perf and print where its CPU "
+                         "went (kernel, interpreter, extensions, libc) and the TOP (15) symbols, in us per message")
     ap.add_argument("--frames", type=int, default=1, help="traceback depth for --idle-breakdown (default 1)")
     args = ap.parse_args(argv)
     if args.servers:
