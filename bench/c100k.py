@@ -46,11 +46,15 @@ The server logs of every pass are kept (``--log-dir``, printed at the end).
     python bench/c100k.py --connections 19000 --workers 1      # (a) one process, ~1 min
     python bench/c100k.py --connections 100000 --workers 6     # (b) six workers + Redis, ~5-10 min
     python bench/c100k.py --connections 19000 --hibernate off  # one pass only
+    python bench/c100k.py --smoke                              # --quick, judged on correctness only (CI)
 
 The goals (issue 16) are printed with PASS/FAIL beside the table: RSS <= 4 KiB per
 idle connection (<= 2.5 KiB hibernated), the broadcast to all in <= 1 s, round-trip
 p99 <= 10 ms, 0 errors, 0 lost, open files back to the baseline.  Exit status 0 when
-all pass, 1 when one fails, 2 when the run itself could not be done.
+all pass, 1 when one fails, 2 when the run itself could not be done.  ``--smoke`` is
+``--quick`` with the exit status judged on the correctness checks alone (0 errors, 0
+lost, every close clean): the timing and memory goals are printed in parentheses, not
+judged, since a busy CI machine says nothing about them.
 """
 
 from __future__ import annotations
@@ -971,8 +975,12 @@ def one_pass(args: argparse.Namespace, hibernate: bool, net: int) -> dict:
             redis.close()
 
 
+#: The checks of :func:`verdicts` that are about correctness, not speed or memory (what ``--smoke`` judges).
+CORRECTNESS = (": 0 errors", ": 0 lost", ": every closing handshake")
+
+
 def verdicts(args: argparse.Namespace, results: list[dict]) -> list[tuple[str, bool]]:
-    out = []
+    out: list[tuple[str, bool]] = []
     for r in results:
         name = "hibernated" if r["hibernate"] else "plain"
         limit = 2.5 if r["hibernate"] else 4.0
@@ -1041,6 +1049,8 @@ def main() -> int:
     parser.add_argument("--rtt-seconds", type=float, default=10.0, help="length of the round-trip phase")
     parser.add_argument("--quick", action="store_true",
                         help="5,000 connections, 3 broadcasts, 3 s of round trips (~30 s)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--quick, and the exit status judged on errors, losses and clean closes only (CI)")
     parser.add_argument("--json", metavar="FILE", help="write the figures of every pass to FILE")
     parser.add_argument("--log-dir", metavar="DIR",
                         help="keep the server logs there (default: a new directory under the temporary one)")
@@ -1053,7 +1063,7 @@ def main() -> int:
     if args.client:
         client_main(args)
         return 0
-    if args.quick:
+    if args.quick or args.smoke:
         args.connections = min(args.connections, 5_000)
         args.broadcasts = 3
         args.rtt_seconds = 3.0
@@ -1068,6 +1078,8 @@ def main() -> int:
         parser.error(f"{args.connections} connections over {args.clients} client processes is more than "
                      f"{MAX_PER_CLIENT} per process (the open-file limit): use more --clients")
     hard = raise_nofile()
+    if args.smoke and args.connections + 300 > hard:  # a CI machine with a low open-file limit: fewer
+        args.connections = max(100, hard - 300)
     per_worker = args.connections / args.workers
     spread = 0.0 if args.workers == 1 else 0.05 * per_worker  # SO_REUSEPORT spreads by hash, not exactly
     if per_worker + spread + 200 > hard:
@@ -1092,13 +1104,19 @@ def main() -> int:
     print(f"\nserver logs: {args.log_dir}")
     checks = verdicts(args, results)
     print()
+    judged = []
     for what, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {what}")
+        tag = "PASS" if ok else "FAIL"
+        if args.smoke and not any(c in what for c in CORRECTNESS):
+            tag = f"({tag.lower()})"  # --smoke: shown, not judged
+        else:
+            judged.append(ok)
+        print(f"  {tag:6s}  {what}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results,
                        "verdicts": [{"goal": w, "pass": ok} for w, ok in checks]}, f, indent=1)
-    return 0 if all(ok for _, ok in checks) else 1
+    return 0 if all(judged) else 1
 
 
 if __name__ == "__main__":
