@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import default_handle
+from conftest import Echo, default_handle
 from wsclient import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, Client, http_request, masked
 from cowboy_ws.protocol.errors import HandshakeError
 from cowboy_ws.protocol.frames import serialize_frame
@@ -489,19 +489,7 @@ def test_handler_crash(app, connect, rec, caplog, callback):
 def test_crash_in_terminate_is_logged_and_contained(serve, connect, rec, caplog):
     caplog.set_level(logging.ERROR, logger="cowboy_ws")
 
-    class BadTerminate:
-        @staticmethod
-        def init(req, state):
-            return ("cowboy_websocket", req, state)
-
-        @staticmethod
-        def websocket_handle(frame, state):
-            return ("reply", frame, state)
-
-        @staticmethod
-        def websocket_info(info, state):
-            return ("ok", state)
-
+    class BadTerminate(Echo):
         @staticmethod
         def terminate(reason, req, state):
             rec.record(rec.new_conn(), "terminate", (reason, req, state))
