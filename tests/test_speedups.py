@@ -218,7 +218,7 @@ def test_utf8_valid_text_any_split(text, cuts):
        edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 0xFF), st.integers(0, 2)), max_size=2),
        cuts=st.lists(st.integers(0, 4000), max_size=3), kinds=st.permutations(KINDS))
 def test_utf8_long_non_ascii(text, ascii_runs, edits, cuts, kinds):
-    """Long non-ASCII runs (the 4-chain 256-byte chunks and their cuts), corrupted anywhere, split anywhere."""
+    """Long non-ASCII runs (the C validator's 64-byte blocks), corrupted anywhere, split anywhere."""
     for pos, k in ascii_runs:
         pos %= len(text) + 1
         text = text[:pos] + "a" * k + text[pos:]
@@ -271,6 +271,99 @@ def test_utf8_long_texts():
         bad = data[:-5] + b"\xff" + data[-4:]
         check_utf8([bad], [True], [bytes])
         check_utf8([data, b"\xed\xa0"], [False, False], [bytes])
+
+
+# The C validator's blocks: ASCII runs skipped 256 and 64 bytes at a time, non-ASCII text checked 64 bytes
+# at a time against the 3 bytes before each byte (zeros before a piece's start), the last < 64 bytes and any
+# doubted block by the byte DFA; and the Python layer's isascii() first below _ckernels._ASCII_FIRST bytes.
+BAD_BYTES = [b"\x80", b"\xbf", b"\xc0", b"\xc1", b"\xf5", b"\xff", b"\xed\xa0", b"\xe0\x9f", b"\xf0\x8f", b"\xf4\x90",
+             b"\xc3A", b"\xe2\x82A", b"\xf0\x9f\x98A", b"\xe2\x82", b"\xc3",
+             # bad leads followed by the continuation bytes they would want
+             b"\xc0\x80", b"\xc1\xbf", b"\xf5\x80\x80\x80", b"\xff\x80", b"\xe0\x9f\xbf", b"\xed\xa0\x80",
+             b"\xf0\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf4\x8f\xbf\xbf\x80"]
+CHARS = ["é", "€", "😀", "\u0800", "\ud7ff", "\ue000", "\U00010000", "\U0010ffff", "\x7f"]
+FILLERS = {"ascii": "abcdefgh", "latin": "aéb", "2byte": "é", "3byte": "€", "4byte": "😀", "mixed": "a€😀é"}
+
+
+def filler(kind: str, n: int) -> bytes:
+    """Exactly n bytes of valid text: the kind's characters, then ASCII for the last 0..3 bytes."""
+    unit = FILLERS[kind]
+    out = b""
+    for ch in unit * n:
+        c = ch.encode()
+        if len(out) + len(c) > n:
+            break
+        out += c
+    return out + b"z" * (n - len(out))
+
+
+@pytest.mark.parametrize("bad", BAD_BYTES)
+@pytest.mark.parametrize("kind", ["ascii", "2byte", "mixed"])
+def test_utf8_bad_bytes_at_every_offset(bad, kind):
+    """A bad sequence at every offset 0..130 of a text of 200+ bytes, whole and split at the block boundaries."""
+    for off in range(131):
+        data = filler(kind, off) + bad + filler(kind, 200)
+        check_utf8([data], [True], [bytes])
+        check_utf8([data], [False], [bytearray])
+        for cut in (1, 3, 63, 64, 65, off):
+            check_utf8([data[:cut], data[cut:]], [False, True], [bytes, memoryview])
+
+
+@pytest.mark.parametrize("kind", FILLERS)
+def test_utf8_character_across_block_and_chunk_boundaries(kind):
+    """Every character length straddling a 64-byte (and 256-byte) block boundary, fed whole and cut at
+    every byte around it: the state carried between pieces."""
+    for ch in CHARS:
+        c = ch.encode("utf-8", "surrogatepass")
+        for base in (64, 128, 256, 320):
+            for at in range(base - len(c), base + 2):
+                data = filler(kind, at) + c + filler(kind, 150)
+                check_utf8([data], [True], [bytes])
+                for cut in range(at - 4, at + len(c) + 4):
+                    check_utf8([data[:cut], data[cut:]], [False, True], [bytes, bytearray])
+                check_utf8([data[: at + 1], data[at + 1 : at + 2], data[at + 2 :]], [False, False, True], [bytes])
+
+
+@pytest.mark.parametrize("kind", FILLERS)
+def test_utf8_lengths_0_to_200(kind):
+    """Every length 0..200: valid, one byte short of a character, and with a bad last or first byte."""
+    text = filler(kind, 260)
+    for n in range(201):
+        data = text[:n]
+        check_utf8([data], [True], [bytes])
+        check_utf8([data + b"\xff"], [True], [bytes])
+        check_utf8([b"\x80" + data], [False], [bytes])
+        check_utf8([data + "€".encode()[:2]], [True], [bytes, bytearray])
+        check_utf8([data[: n // 2], data[n // 2 :]], [False, True], [bytes, memoryview])
+
+
+@pytest.mark.parametrize("kind", FILLERS)
+def test_utf8_streaming_pieces(kind):
+    """A long text fed in pieces of every size 1..70 (and 64, 256, 1000): the state and offsets across feeds,
+    a pending character completed at the start of the next piece (the block look-back of zeros)."""
+    data = filler(kind, 1500)
+    bad = data[:700] + b"\xed\xa0\x80" + data[700:]
+    for size in [*range(1, 71), 128, 256, 1000]:
+        pieces = [data[i : i + size] for i in range(0, len(data), size)]
+        check_utf8(pieces, [False] * (len(pieces) - 1) + [True], [bytes])
+        pieces = [bad[i : i + size] for i in range(0, len(bad), size)]
+        check_utf8(pieces, [False] * len(pieces), [bytes, bytearray])
+    for lead in ("😀", "€", "é"):
+        c = lead.encode()
+        for k in range(1, len(c)):
+            for rest in (filler(kind, 200), b"\x80" + filler(kind, 200), filler(kind, 70) + b"\xc0" + filler(kind, 70)):
+                check_utf8([c[:k], c[k:] + rest], [False, True], [bytes])
+                check_utf8([data[:300] + c[:k], c[k:] + rest], [False, True], [bytes])
+
+
+@pytest.mark.parametrize("n", [4094, 4095, 4096, 4097, 8191, 8192, 70000])
+def test_utf8_ascii_first_threshold(n):
+    """Around _ckernels._ASCII_FIRST: ASCII and text with one bad or non-ASCII byte, every buffer type."""
+    ascii_ = b"x" * n
+    for data in (ascii_, ascii_[:-1] + b"\x80", b"\xff" + ascii_[1:], ascii_[:-2] + "é".encode(),
+                 ascii_[: n // 2] + b"\xc3" + ascii_[n // 2 + 1 :]):
+        check_utf8([data], [True], KINDS)
+        check_utf8([data[:100], data[100:]], [False, True], [bytes, bytearray])
 
 
 # ---- frame parsing (RFC 6455 §5.2) ---------------------------------------------------------

@@ -357,3 +357,74 @@ def test_large_inputs() -> None:
         Utf8Validator().feed(bad)
     assert validate_utf8(b"a" * 100_000)
     assert not validate_utf8(b"a" * 100_000 + b"\x80")
+
+
+# --- the selected backend (kernels: C unless COWBOY_WS_PURE) against the ABNF reference --------
+# The C validator works in blocks (ASCII runs 256 and 64 bytes at a time, other text 64 bytes at a
+# time): bad bytes and characters placed at and around those boundaries, fed whole and in pieces.
+
+def _selected() -> tuple[type, object]:
+    from cowboy_ws.protocol import kernels
+
+    return kernels.Utf8Validator, kernels.validate_utf8
+
+
+def check_backend(data: bytes, cuts: list[int]) -> None:
+    """Like check_split, for the backend kernels selected: accept iff valid, fail on the first bad byte."""
+    validator_cls, validate = _selected()
+    bounds = [0, *sorted(cuts), len(data)]
+    v = validator_cls()
+    idx = exc = None
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        try:
+            v.feed(data[a:b], final=i == len(bounds) - 2)
+        except InvalidUtf8 as e:
+            idx, exc = i, e
+            break
+    ok = decodes(data)
+    assert (exc is None) == ok, (data, cuts, exc)
+    assert validate(data) == ok
+    if ok:
+        return
+    bad = first_bad(data)
+    if bad is None:
+        assert idx == len(bounds) - 2 and "incomplete" in str(exc)
+    else:
+        assert bounds[idx] <= bad < bounds[idx + 1] and error_offset(exc) == bad, (data, cuts, idx, bad)
+
+
+@pytest.mark.parametrize("unit", ["a", "é", "€", "😀", "a€😀é"])
+def test_blocks_bad_byte_at_every_offset(unit: str) -> None:
+    text = (unit * 300).encode()
+    for off in range(131):
+        head = text[:off]
+        head = head.decode("utf-8", "ignore").encode()  # whole characters only
+        head += b"z" * (off - len(head))
+        for bad in (b"\x80", b"\xc0\x80", b"\xe0\x9f\xbf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\xff"):
+            data = head + bad + text[:200]
+            check_backend(data, [])
+            check_backend(data, [64, off + 1] if off + 1 != 64 else [64])
+
+
+@pytest.mark.parametrize("unit", ["a", "é", "漢", "😀"])
+def test_blocks_characters_across_boundaries(unit: str) -> None:
+    text = (unit * 200).encode()
+    for ch in ("é", "€", "😀"):
+        c = ch.encode()
+        for at in (*range(60, 69), *range(124, 133), *range(252, 261)):
+            head = text[:at].decode("utf-8", "ignore").encode()
+            head += b"z" * (at - len(head))
+            data = head + c + text[:100]
+            for cut in range(at - 1, at + len(c) + 1):
+                check_backend(data, [cut])
+            check_backend(data + c[:-1], [])  # ends mid-character
+
+
+def test_blocks_lengths_0_to_200() -> None:
+    for unit in ("a", "é", "€", "😀"):
+        text = (unit * 200).encode()
+        for n in range(201):
+            data = text[:n]
+            check_backend(data, [])
+            check_backend(data, [n // 2])
+            check_backend(data + b"\xbf", [])
