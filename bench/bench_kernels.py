@@ -5,6 +5,7 @@ several rounds)::
 
     python bench/bench_kernels.py            # mask and utf8 throughput
     python bench/bench_kernels.py crossover  # int-XOR vs translate, to set TRANSLATE_THRESHOLD
+    python bench/bench_kernels.py utf8-sizes # validate_utf8 in us per call, pure and C, 64 B .. 64 KiB
 
 or under pytest-benchmark (also timed with ``time.process_time``)::
 
@@ -104,7 +105,36 @@ def measure(fn: Callable[[], object], nbytes: int, rounds: int = 7, budget: floa
     return nbytes / statistics.median(times) / 1e9
 
 
+UTF8_SIZES = {"64B": 64, "1KiB": 1024, "8KiB": 8192, "64KiB": 65536}
+
+
+def utf8_sizes() -> None:
+    """validate_utf8 per call, in us (timeit, min of 5 repeats, in-process, hot cache), for each backend:
+    ASCII and 2-byte ("é") text at 64 B .. 64 KiB (RFC 6455 §8.1: every text payload is validated)."""
+    import timeit
+
+    backends = [("python", validate_utf8)]
+    try:
+        from cowboy_ws.protocol import _ckernels
+    except ImportError as exc:
+        print(f"(C backend not built: {exc})")
+    else:
+        backends.append(("c", _ckernels.validate_utf8))
+    print("validate_utf8, us per call (timeit: min of 5 repeats)")
+    print(f"  {'case':>14} " + " ".join(f"{name:>8}" for name, _ in backends))
+    for kind, unit in (("ascii", b"a"), ("e-acute", "é".encode())):
+        for size, n in UTF8_SIZES.items():
+            d = unit * (n // len(unit))
+            number = 100_000 if n <= 1024 else 10_000
+            cols = [min(timeit.repeat(lambda f=f: f(d), number=number, repeat=5)) / number * 1e6
+                    for _, f in backends]
+            print(f"  {kind + '-' + size:>14} " + " ".join(f"{c:8.3f}" for c in cols))
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["utf8-sizes"]:
+        utf8_sizes()
+        return
     if argv[:1] == ["crossover"]:
         print(f"{'size':>8} {'int-XOR':>9} {'translate':>9}  GB/s (threshold now {mask_mod.TRANSLATE_THRESHOLD})")
         for n in (64, 125, 256, 384, 448, 512, 576, 640, 768, 1024, 4096, 32768, 65536, 1 << 20):

@@ -117,6 +117,11 @@ def unmask_join(head: bytearray | bytes, offset: int, tail: bytes | bytearray | 
 
 # ---- UTF-8 (RFC 3629 §4, RFC 6455 §8.1) ---------------------------------------------------
 
+#: Below this many bytes ``isascii()`` is tried before the C call: there the call's fixed cost
+#: (0.14 us) is more than the scan (ASCII bytes: isascii 0.17 us, C 0.165 us at 4 KiB; 0.31 / 0.20 at 8 KiB).
+_ASCII_FIRST = 4096
+
+
 class Utf8Validator:
     """Incremental UTF-8 validator (RFC 6455 §8.1, RFC 3629 §4) that fails fast; a C DFA.
 
@@ -150,7 +155,7 @@ class Utf8Validator:
             if not data.c_contiguous:  # type: ignore[union-attr]
                 data = data.tobytes()  # type: ignore[union-attr]
                 cls = bytes
-        elif state == 0 and data.isascii():  # type: ignore[union-attr]
+        elif state == 0 and len(data) < _ASCII_FIRST and data.isascii():  # type: ignore[union-attr]
             cls = None
         if cls is None:
             n = len(data)
@@ -185,12 +190,14 @@ def validate_utf8(data: bytes | bytearray | memoryview) -> bool:
     """Whether ``data`` is, as a whole, valid UTF-8 (RFC 3629 §4, RFC 6455 §8.1)."""
     cls = type(data)
     if cls is bytes:
-        return data.isascii() or _c_utf8_feed(data, len(data), 0) == 0  # type: ignore[union-attr]
+        n = len(data)
+        return (n < _ASCII_FIRST and data.isascii()) or _c_utf8_feed(data, n, 0) == 0  # type: ignore[union-attr]
     if cls is memoryview:
         if not data.c_contiguous:  # type: ignore[union-attr]
             data = data.tobytes()  # type: ignore[union-attr]
-            return data.isascii() or _c_utf8_feed(data, len(data), 0) == 0
-    elif data.isascii():  # type: ignore[union-attr]
+            n = len(data)
+            return (n < _ASCII_FIRST and data.isascii()) or _c_utf8_feed(data, n, 0) == 0
+    elif len(data) < _ASCII_FIRST and data.isascii():  # type: ignore[union-attr]
         return True
     p = _from_buffer(data)
     r = _c_utf8_feed(p, len(p), 0)
