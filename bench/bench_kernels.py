@@ -126,7 +126,7 @@ def utf8_sizes() -> None:
         for size, n in UTF8_SIZES.items():
             d = unit * (n // len(unit))
             number = 100_000 if n <= 1024 else 10_000
-            cols = [min(timeit.repeat(lambda f=f: f(d), number=number, repeat=5)) / number * 1e6
+            cols = [min(timeit.repeat(lambda f=f, d=d: f(d), number=number, repeat=5)) / number * 1e6
                     for _, f in backends]
             print(f"  {kind + '-' + size:>14} " + " ".join(f"{c:8.3f}" for c in cols))
 

@@ -2,11 +2,11 @@
 
 A cowboy_ws echo server runs under ``valgrind --tool=callgrind``; a client (this process, not
 under valgrind) upgrades, then sends bursts of ``--inflight`` masked text (or ``--binary``)
-messages of ``--size`` bytes and reads every echo before the next burst, then closes.  The server exits when that
-connection ends.  Two runs that differ only in the number of bursts give the instructions of
-the extra bursts; divided by their messages, that is the server's user-space instructions per
-message (the interpreter, the kernels, libc: not the kernel's side of the system calls), the
-same on every run of the same code (``PYTHONHASHSEED=0``).
+messages of ``--size`` bytes and reads every echo before the next burst, then closes.  The
+server exits when that connection ends.  Two runs that differ only in the number of bursts give
+the instructions of the extra bursts; divided by their messages, that is the server's user-space
+instructions per message (the interpreter, the kernels, libc: not the kernel's side of the
+system calls), the same on every run of the same code (``PYTHONHASHSEED=0``).
 
 Use it to A/B a change on a busy machine (``--tree`` runs another checkout, e.g. a
 ``git worktree`` of the previous commit)::
